@@ -1,0 +1,1 @@
+"""ptjax: pretraining and fine-tuning BERT-, GPT- and T5-style Transformers in JAX/Flax."""

@@ -1,0 +1,162 @@
+"""The one config schema: every key a run may set, with its type and default.
+
+Config files in `configs/` start from `base_config()` and change values; they never add keys.
+`validate(config)` checks types and the relations between keys before anything is allocated or
+written, and names the offending key in its error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what is expected."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the full schema with defaults (a tiny GPT on the bundled corpus)."""
+    c = ml_collections.ConfigDict()
+
+    # What to train.
+    c.task = "causal_lm"  # A key of ptjax.tasks.TASKS.
+    c.model = ml_collections.ConfigDict()
+    c.model.family = "gpt"  # A key of ptjax.models.MODELS.
+    c.model.size = "tiny"  # A key of that family's SIZES table.
+    # Overrides of single hyper-parameters of the named size (0 / -1 keep the size's value).
+    c.model.vocab_size = 0  # 0: take the tokenizer's vocabulary size.
+    c.model.max_len = 0  # 0: the size's position table length.
+    c.model.dropout_rate = -1.0  # -1: the size's value.
+    c.model.dtype = "float32"  # Compute dtype.
+    c.model.param_dtype = "float32"  # Storage dtype of parameters.
+
+    # Data.
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "ptjax_bible"  # 'ptjax_bible', 'text_files', or a TFDS catalogue name.
+    c.dataset.data_dir = ""  # '': WORKDIR/../tfds or TFDS_DATA_DIR; a bucket path on TPU VMs.
+    c.dataset.text_key = "text"  # Feature holding the text in a TFDS catalogue dataset.
+    c.dataset.train_split = "train"
+    c.dataset.eval_split = "validation"
+    c.dataset.train_files = ""  # For 'text_files': comma-separated paths or globs.
+    c.dataset.eval_files = ""
+    c.dataset.document_per = "line"  # For 'text_files': 'line' or 'file'.
+    c.dataset.shuffle_buffer = 10_000  # Documents (and packed rows) held for shuffling.
+    c.dataset.max_eval_batches = 0  # 0: the whole eval split.
+    c.seq_len = 128  # Tokens per packed training row.
+
+    # Tokenizer.
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = ""  # '': train one on the training split and cache it in the workdir.
+    c.tokenizer.vocab_size = 8000  # Used only when training a tokenizer.
+    c.tokenizer.model_type = "unigram"  # 'unigram' or 'bpe'.
+    c.tokenizer.max_sentences = 200_000  # Documents read to train the tokenizer.
+
+    # Optimisation.
+    c.seed = 0
+    c.total_steps = 1000
+    c.per_device_batch_size = 8
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 3e-4  # Peak learning rate.
+    c.optimizer.warmup_steps = 100
+    c.optimizer.schedule = "cosine"  # 'cosine', 'linear' or 'constant' after warm-up.
+    c.optimizer.end_learning_rate_fraction = 0.1  # Final rate as a fraction of the peak.
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.1
+    c.optimizer.decay_embeddings = False  # Weight decay on token/position embeddings.
+    c.optimizer.grad_clip_norm = 1.0  # 0: no clipping.
+
+    # Loop, logging, checkpoints.
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3
+    c.init_checkpoint = ""  # A checkpoint directory to start from when the workdir has none.
+    c.parallelism = ml_collections.ConfigDict()
+    c.parallelism.mode = "pmap"
+    return c
+
+
+_CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "dataset.document_per": ("line", "file"),
+    "tokenizer.model_type": ("unigram", "bpe"),
+    "optimizer.schedule": ("cosine", "linear", "constant"),
+    "parallelism.mode": ("pmap",),
+}
+
+_POSITIVE = (
+    "seq_len",
+    "total_steps",
+    "per_device_batch_size",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "tokenizer.vocab_size",
+    "tokenizer.max_sentences",
+    "dataset.shuffle_buffer",
+)
+
+
+def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first key that does not fit the schema."""
+    from ptjax import models, tasks  # Imported here: the registries import this module's users.
+
+    expected = _flatten(base_config())
+    given = _flatten(config)
+    for key in sorted(set(given) - set(expected)):
+        raise ConfigError(f"Unknown config key {key!r}. Known keys: {', '.join(sorted(expected))}.")
+    for key in sorted(set(expected) - set(given)):
+        raise ConfigError(f"Config key {key!r} is missing; start config files from base_config().")
+    for key, default in expected.items():
+        value = given[key]
+        want = type(default)
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(
+                f"Config key {key!r} must be {want.__name__}, got {type(value).__name__} {value!r}."
+            )
+    for key, choices in _CHOICES.items():
+        if given[key] not in choices:
+            raise ConfigError(f"Config key {key!r} is {given[key]!r}; expected one of {choices}.")
+    for key in _POSITIVE:
+        if given[key] <= 0:
+            raise ConfigError(f"Config key {key!r} must be positive, got {given[key]!r}.")
+    if config.task not in tasks.TASKS:
+        raise ConfigError(f"Config key task={config.task!r}; known tasks: {sorted(tasks.TASKS)}.")
+    family = models.MODELS.get(config.model.family)
+    if family is None:
+        raise ConfigError(
+            f"Config key model.family={config.model.family!r}; known: {sorted(models.MODELS)}."
+        )
+    if config.model.size not in family.sizes:
+        raise ConfigError(
+            f"Config key model.size={config.model.size!r} for family {config.model.family!r}; "
+            f"known sizes: {sorted(family.sizes)}."
+        )
+    if not 0.0 <= config.optimizer.end_learning_rate_fraction <= 1.0:
+        raise ConfigError("Config key optimizer.end_learning_rate_fraction must lie in [0, 1].")
+    if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps > config.total_steps:
+        raise ConfigError(
+            f"Config key optimizer.warmup_steps={config.optimizer.warmup_steps} must lie in "
+            f"[0, total_steps={config.total_steps}]."
+        )
+    if config.dataset.name == "text_files" and not config.dataset.train_files:
+        raise ConfigError("dataset.name='text_files' needs dataset.train_files (paths or globs).")
+    family.validate(config)

@@ -1,0 +1,76 @@
+"""The model registry: family name -> module class, hyper-parameter dataclass and sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+
+from ptjax.models import gpt
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """What the trainer needs to know about a family of models."""
+
+    module: type[nn.Module]
+    config_class: type
+    sizes: dict[str, dict[str, Any]]
+    flops_per_token: Callable[[Any, int], float]
+
+    def make_config(self, config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Any:
+        """The model's hyper-parameters: the named size, then the run config's overrides."""
+        params = dict(self.sizes[config.model.size])
+        if config.model.vocab_size:
+            params["vocab_size"] = config.model.vocab_size
+        elif vocab_size is not None:
+            params["vocab_size"] = vocab_size
+        if config.model.max_len:
+            params["max_len"] = config.model.max_len
+        if config.model.dropout_rate >= 0:
+            params["dropout_rate"] = config.model.dropout_rate
+        params["dtype"] = config.model.dtype
+        params["param_dtype"] = config.model.param_dtype
+        return self.config_class(**params)
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        from ptjax.config import ConfigError
+
+        cfg = self.make_config(config)
+        if cfg.d_model % cfg.num_heads:
+            raise ConfigError(
+                f"model.size={config.model.size!r}: d_model={cfg.d_model} is not divisible by "
+                f"num_heads={cfg.num_heads}."
+            )
+        if config.seq_len > cfg.max_len:
+            raise ConfigError(
+                f"Config key seq_len={config.seq_len} exceeds the position table of model "
+                f"{config.model.family}/{config.model.size} (max_len={cfg.max_len}); lower seq_len "
+                "or raise model.max_len."
+            )
+        if not 0.0 <= cfg.dropout_rate < 1.0:
+            raise ConfigError(
+                f"Config key model.dropout_rate={cfg.dropout_rate} must be in [0, 1)."
+            )
+
+
+MODELS: dict[str, ModelFamily] = {
+    "gpt": ModelFamily(
+        module=gpt.GPT,
+        config_class=gpt.GPTConfig,
+        sizes=gpt.SIZES,
+        flops_per_token=gpt.flops_per_token,
+    ),
+}
+
+
+def build(
+    config: ml_collections.ConfigDict, vocab_size: int | None = None
+) -> tuple[nn.Module, Any]:
+    """Returns (linen module, its hyper-parameters) for a run config."""
+    family = MODELS[config.model.family]
+    model_config = family.make_config(config, vocab_size)
+    return family.module(model_config), model_config

@@ -1,0 +1,168 @@
+"""Blocks shared by the model families: attention, feed-forward, masks, initialisers.
+
+Attention is split into "project q/k/v" and `dot_product_attention` so that a decoding cache can
+sit between the two (the cache stores projected keys and values), and so that T5's relative
+position bias enters as an additive `bias`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = jnp.dtype
+
+NEG_INF = -1e9  # Finite, so that a fully masked row gives a uniform (not NaN) softmax.
+
+
+def normal_init(stddev: float = 0.02) -> Callable:
+    return nn.initializers.normal(stddev=stddev)
+
+
+def causal_mask(length: int) -> Array:
+    """[1, 1, length, length] bool: query i may attend to keys j <= i."""
+    idx = jnp.arange(length)
+    return (idx[:, None] >= idx[None, :])[None, None]
+
+
+def segment_mask(q_segment_ids: Array, kv_segment_ids: Array) -> Array:
+    """[batch, 1, q_len, kv_len] bool: attention only within one packed document."""
+    return (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    masks = [m for m in masks if m is not None]
+    if not masks:
+        return None
+    out = masks[0]
+    for m in masks[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+def dot_product_attention(
+    query: Array,  # [batch, q_len, heads, head_dim]
+    key: Array,  # [batch, kv_len, heads, head_dim]
+    value: Array,  # [batch, kv_len, heads, head_dim]
+    mask: Array | None = None,  # [batch or 1, 1, q_len, kv_len] bool
+    bias: Array | None = None,  # [batch or 1, heads, q_len, kv_len]
+    *,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
+    dtype: Dtype = jnp.float32,
+) -> Array:
+    """Softmax attention, softmax in float32; returns [batch, q_len, heads, head_dim]."""
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query * jnp.asarray(scale, query.dtype), key)
+    logits = logits.astype(jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    if not deterministic and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections and an output projection."""
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    use_bias: bool = True
+    kernel_init: Callable = normal_init()
+    out_kernel_init: Callable = normal_init()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,  # [batch, q_len, d_model]
+        inputs_kv: Array,  # [batch, kv_len, d_model]
+        mask: Array | None = None,
+        bias: Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> Array:
+        def proj(name: str) -> nn.Module:
+            return nn.DenseGeneral(
+                (self.num_heads, self.head_dim),
+                use_bias=self.use_bias,
+                kernel_init=self.kernel_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+
+        query = proj("query")(inputs_q)  # [batch, q_len, heads, head_dim]
+        key = proj("key")(inputs_kv)  # [batch, kv_len, heads, head_dim]
+        value = proj("value")(inputs_kv)
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(
+            query,
+            key,
+            value,
+            mask,
+            bias,
+            dropout_rate=self.dropout_rate,
+            dropout_rng=dropout_rng,
+            deterministic=deterministic,
+            dtype=self.dtype,
+        )
+        return nn.DenseGeneral(
+            inputs_q.shape[-1],
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            kernel_init=self.out_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
+        )(out)  # [batch, q_len, d_model]
+
+
+class MlpBlock(nn.Module):
+    """Position-wise feed-forward: Dense -> activation -> dropout -> Dense."""
+
+    d_ff: int
+    activation: Callable = nn.gelu
+    dropout_rate: float = 0.0
+    use_bias: bool = True
+    kernel_init: Callable = normal_init()
+    out_kernel_init: Callable = normal_init()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        d_model = x.shape[-1]
+        h = nn.Dense(
+            self.d_ff,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="wi",
+        )(x)  # [batch, length, d_ff]
+        h = self.activation(h)
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return nn.Dense(
+            d_model,
+            use_bias=self.use_bias,
+            kernel_init=self.out_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="wo",
+        )(h)

@@ -1,0 +1,1 @@
+"""Shared training machinery: state, optimizer, steps, parallelism, checkpoints, metrics."""

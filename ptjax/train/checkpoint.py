@@ -1,0 +1,170 @@
+"""Orbax checkpoints: the train state plus each process's input-pipeline position.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data}. A step directory appears only once Orbax has
+committed it, so a run killed mid-save leaves the previous checkpoints as they were.
+
+Resume order (trainer.py): this workdir's latest checkpoint, then `init_checkpoint`
+(parameters only, restored into the new model), then a fresh initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import traverse_util
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose parameters do not fit the configured model."""
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+    """Saves each process's data iterator position next to the train state."""
+
+    def save(self, directory: epath.Path, args: DataIteratorSave) -> None:
+        args.iterator.save(os.fspath(directory / f"process_{jax.process_index()}"))
+
+    def restore(self, directory: epath.Path, args: DataIteratorRestore) -> Any:
+        path = directory / f"process_{jax.process_index()}"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"No input-pipeline state for process {jax.process_index()} in {directory}; "
+                "was this checkpoint written with a different number of processes?"
+            )
+        args.iterator.restore(os.fspath(path))
+        return args.iterator
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+    iterator: Any
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+    iterator: Any
+
+
+def shape_mismatches(expected: Any, found: Any) -> list[str]:
+    """Names of parameters missing, unexpected or of another shape, as 'path: why' lines."""
+    want = {"/".join(map(str, k)): tuple(v.shape) for k, v in _flat(expected).items()}
+    have = {"/".join(map(str, k)): tuple(v.shape) for k, v in _flat(found).items()}
+    problems = [f"{k}: missing from the checkpoint" for k in sorted(set(want) - set(have))]
+    problems += [f"{k}: not in the model" for k in sorted(set(have) - set(want))]
+    problems += [
+        f"{k}: checkpoint has shape {have[k]}, model expects {want[k]}"
+        for k in sorted(set(want) & set(have))
+        if want[k] != have[k]
+    ]
+    return problems
+
+
+def _flat(tree: Any) -> dict:
+    if not isinstance(tree, dict):
+        tree = dict(tree)
+    return traverse_util.flatten_dict(tree)
+
+
+class Checkpointer:
+    """A CheckpointManager over WORKDIR/checkpoints with keep-N and async saves."""
+
+    def __init__(self, directory: str, *, keep: int, create: bool = True):
+        self.directory = epath.Path(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            item_names=("state", "data"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, iterator: Any) -> None:
+        """Starts an async save of a host-side state; the iterator position is saved now."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=DataIteratorSave(iterator)
+            ),
+            force=True,
+        )
+
+    def check_compatible(self, step: int, abstract_state: Any) -> None:
+        """Raises CheckpointMismatchError naming each parameter that does not fit."""
+        found = self._manager.item_metadata(step)["state"]
+        tree = found.tree if hasattr(found, "tree") else found
+        problems = shape_mismatches(abstract_state.params, tree["params"])
+        if problems:
+            raise CheckpointMismatchError(
+                f"Checkpoint {self.directory / str(step)} holds a model of another shape than "
+                "the config describes (use another --workdir, or fix the config):\n  "
+                + "\n  ".join(problems[:20])
+            )
+
+    def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
+        """Restores state (as numpy on the host) and the iterator position of `step`."""
+        self.check_compatible(step, abstract_state)
+        target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_state)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=DataIteratorRestore(iterator)
+            ),
+        )
+        return restored["state"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def restore_params(path: str, abstract_params: Any) -> Any:
+    """Parameters from a checkpoint step directory (or a workdir's latest), read-only.
+
+    Used for `init_checkpoint`: the source is never written to.
+    """
+    root = epath.Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"init_checkpoint {path!r} does not exist.")
+    if (root / "checkpoints").exists():
+        root = root / "checkpoints"
+    if not (root / "state").exists():
+        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+        if not steps:
+            raise FileNotFoundError(f"init_checkpoint {path!r} holds no checkpoint steps.")
+        root = root / str(steps[-1])
+    handler = ocp.StandardCheckpointHandler()
+    meta = handler.metadata(root / "state")
+    tree = meta.tree if hasattr(meta, "tree") else meta
+    problems = shape_mismatches(abstract_params, tree["params"])
+    if problems:
+        raise CheckpointMismatchError(
+            f"init_checkpoint {root} does not fit the model:\n  " + "\n  ".join(problems[:20])
+        )
+    # Read the whole saved state without a target (it may hold another optimizer's state) and
+    # keep its parameters.
+    full = ocp.Checkpointer(handler).restore(root / "state")
+    return jax.tree.map(np.asarray, full["params"])

@@ -1,0 +1,112 @@
+"""One metrics writer: TensorBoard events from the first process, progress lines in the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard + log writer on process 0; log-only elsewhere."""
+    return metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
+
+
+def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as {'a.b': value} with TensorBoard-friendly scalar values."""
+    out = {}
+
+    def visit(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, ml_collections.ConfigDict):
+                visit(value, name + ".")
+            else:
+                out[name] = value
+
+    visit(config, "")
+    return out
+
+
+def write_config(writer: metric_writers.MetricWriter, config: ml_collections.ConfigDict) -> None:
+    """Hyper-parameters and the resolved config as text at step 0."""
+    writer.write_hparams(flat_config(config))
+    text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
+    writer.write_texts(0, {"config": "```\n" + text + "\n```"})
+
+
+def summarize_train(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Metrics of a log interval from per-step device metrics fetched in one transfer."""
+    host = jax.device_get(history)  # One device-to-host transfer for the whole interval.
+    first = [jax.tree.map(lambda x: float(np.asarray(x).reshape(-1)[0]), m) for m in host]
+    weight = sum(m["weight"] for m in first)
+    return {
+        "loss": float(np.mean([m["loss"] for m in first])),
+        "accuracy": sum(m["correct"] for m in first) / max(weight, 1.0),
+        "grad_norm": float(np.mean([m["grad_norm"] for m in first])),
+        "learning_rate": first[-1]["learning_rate"],
+        "tokens": weight,
+    }
+
+
+def check_finite(loss: float, step: int, last_checkpoint: int | None) -> None:
+    if not math.isfinite(loss):
+        where = (
+            f"the last checkpoint is step {last_checkpoint}"
+            if last_checkpoint is not None
+            else "no checkpoint was written yet"
+        )
+        raise NonFiniteLossError(
+            f"Training loss became {loss} at step {step}; {where}. Lower the learning rate or "
+            "check the data."
+        )
+
+
+class Progress:
+    """Tokens/s and ETA between log intervals."""
+
+    def __init__(self, start_step: int, total_steps: int):
+        self.total_steps = total_steps
+        self._last_time = time.perf_counter()
+        self._last_step = start_step
+
+    def update(self, step: int, tokens: float) -> tuple[float, float]:
+        """(tokens per second since the last update, seconds left at that pace)."""
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        steps = max(step - self._last_step, 1)
+        self._last_time, self._last_step = now, step
+        eta = elapsed / steps * (self.total_steps - step)
+        return tokens / elapsed, eta
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def log_progress(step: int, total: int, summary: dict[str, float], tps: float, eta: float) -> None:
+    logging.info(
+        "step %d/%d  loss %.4f  acc %.3f  lr %.3g  grad_norm %.3f  %.0f tokens/s  ETA %s",
+        step,
+        total,
+        summary["loss"],
+        summary["accuracy"],
+        summary["learning_rate"],
+        summary["grad_norm"],
+        tps,
+        format_eta(eta),
+    )

@@ -1,0 +1,277 @@
+"""The shared training loop: `train_and_evaluate(config, workdir)` for every task and model.
+
+Every check that can fail (config, workdir, tokenizer, checkpoint shapes) runs before the first
+write into the workdir, so a mistake never changes an existing run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ptjax import config as config_lib
+from ptjax import models, tasks
+from ptjax.data import corpora
+from ptjax.data.tokenizer import Tokenizer, check_vocab, train_tokenizer
+from ptjax.train import metrics as metrics_lib
+from ptjax.train import optim, parallel, steps
+from ptjax.train.checkpoint import Checkpointer, restore_params
+from ptjax.train.state import TrainState
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = os.path.join("tokenizer", "spm.model")
+# What a ptjax workdir may hold; a directory with anything else is not one.
+_WORKDIR_ENTRIES = (
+    "config",
+    "checkpoints",
+    "tokenizer",
+    "events.out.tfevents",
+    "train",
+    "eval",
+    "profile",
+    "samples",
+    "run.lock",
+)
+
+
+class WorkdirError(ValueError):
+    """The workdir cannot hold this run."""
+
+
+def default_data_dir(config: ml_collections.ConfigDict) -> str:
+    """dataset.data_dir, else TFDS_DATA_DIR, else TFDS's own default."""
+    if config.dataset.data_dir:
+        return config.dataset.data_dir
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def check_workdir(workdir: str) -> bool:
+    """Returns whether the workdir already holds a run; refuses paths that are not workdirs."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir={workdir!r} is a file, not a directory.")
+    if not os.path.isdir(workdir):
+        return False
+    entries = os.listdir(workdir)
+    foreign = [e for e in entries if not e.startswith(_WORKDIR_ENTRIES)]
+    if foreign:
+        raise WorkdirError(
+            f"--workdir={workdir!r} already holds files that are not from a ptjax run "
+            f"({', '.join(sorted(foreign)[:5])}); choose an empty or new directory."
+        )
+    return bool(entries)
+
+
+def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+    return config.tokenizer.path or os.path.join(workdir, TOKENIZER_FILE)
+
+
+def load_or_train_tokenizer(
+    config: ml_collections.ConfigDict, workdir: str, data_dir: str
+) -> Tokenizer:
+    """The configured tokenizer, the one cached in the workdir, or a new one trained there."""
+    path = tokenizer_path(config, workdir)
+    if config.tokenizer.path or os.path.exists(path):
+        return Tokenizer(path)
+    if jax.process_index() == 0:
+        logging.info(
+            "Training a %d-piece sentencepiece model on %s:%s -> %s",
+            config.tokenizer.vocab_size,
+            config.dataset.name,
+            config.dataset.train_split,
+            path,
+        )
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        texts = corpora.iterate_texts(
+            config.dataset,
+            config.dataset.train_split,
+            data_dir=data_dir,
+            max_texts=config.tokenizer.max_sentences,
+        )
+        train_tokenizer(
+            texts,
+            path,
+            vocab_size=config.tokenizer.vocab_size,
+            model_type=config.tokenizer.model_type,
+        )
+    multihost_utils.sync_global_devices("ptjax tokenizer written")
+    return Tokenizer(path)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
+    """Writes config.json on a fresh run; on a resume with changes, config.step_<N>.json."""
+    if jax.process_index() != 0:
+        return
+    text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+        path = os.path.join(workdir, f"config.step_{step}.json")
+        logging.info("The config differs from the one this run started with; saved as %s", path)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def init_state(
+    config: ml_collections.ConfigDict, model: Any, tx_factory: Any
+) -> tuple[TrainState, Any]:
+    """A fresh state (on the host) and the optimizer built for its parameters."""
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, state_rng = jax.random.split(rng)
+    dummy = np.zeros((1, config.seq_len), np.int32)
+    params = jax.jit(lambda r: model.init(r, dummy, dummy, dummy)["params"])(init_rng)
+    tx = tx_factory(params)
+    return TrainState.create(params, tx, state_rng), tx
+
+
+def evaluate(p_eval_step: Any, params: Any, batches: Any, task: Any) -> dict[str, float]:
+    """Task metrics over the whole eval split; one device-to-host transfer at the end."""
+    total = None
+    for batch in batches:
+        sums = p_eval_step(params, batch)
+        total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
+    if total is None:
+        raise ValueError("The eval split yielded no batches.")
+    host = jax.tree.map(lambda x: float(np.asarray(x).reshape(-1)[0]), jax.device_get(total))
+    return task.summarize(host)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) the configured model in `workdir`; returns the last metrics."""
+    config_lib.validate(config)
+    resuming = check_workdir(workdir)
+    task = tasks.TASKS[config.task]
+    data_dir = default_data_dir(config)
+    num_devices = jax.local_device_count()
+    global_batch = config.per_device_batch_size * jax.device_count()
+
+    checkpointer = None
+    if resuming and os.path.isdir(os.path.join(workdir, "checkpoints")):
+        checkpointer = Checkpointer(
+            os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, create=False
+        )
+        if checkpointer.latest_step() is not None and not os.path.exists(
+            tokenizer_path(config, workdir)
+        ):
+            raise WorkdirError(
+                f"{workdir} holds checkpoints but no tokenizer at "
+                f"{tokenizer_path(config, workdir)}; set tokenizer.path to the one it used."
+            )
+
+    # Read-only checks first; the tokenizer is only trained if the workdir is new.
+    tokenizer = load_or_train_tokenizer(config, workdir, data_dir)
+    model, model_config = models.build(config, tokenizer.vocab_size)
+    check_vocab(tokenizer, model_config.vocab_size)
+
+    def tx_factory(params: Any) -> Any:
+        return optim.make_optimizer(config.optimizer, config.total_steps, params)
+
+    schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
+    abstract_state, tx = _abstract_state(config, model, tx_factory)
+    latest = checkpointer.latest_step() if checkpointer else None
+    if latest is not None:
+        checkpointer.check_compatible(latest, abstract_state)
+
+    # From here on the workdir is written.
+    os.makedirs(workdir, exist_ok=True)
+    if checkpointer is None:
+        checkpointer = Checkpointer(
+            os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
+        )
+    writer = metrics_lib.create_writer(workdir)
+    data_kwargs = dict(
+        data_dir=data_dir,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        local_device_count=num_devices,
+    )
+    train_iter = task.train_batches(config, tokenizer, **data_kwargs)
+
+    if latest is not None:
+        logging.info("Resuming from %s/%d", checkpointer.directory, latest)
+        state = checkpointer.restore(latest, abstract_state, train_iter)
+    else:
+        state, tx = init_state(config, model, tx_factory)
+        if config.init_checkpoint:
+            logging.info("Initialising parameters from %s", config.init_checkpoint)
+            params = restore_params(config.init_checkpoint, abstract_state.params)
+            state = TrainState.create(params, tx, state.rng)
+        metrics_lib.write_config(writer, config)
+    start_step = int(state.step)
+    save_config(config, workdir, start_step)
+    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
+    logging.info(
+        "Model %s/%s: %d parameters; %d devices, global batch %d x %d tokens.",
+        config.model.family,
+        config.model.size,
+        n_params,
+        jax.device_count(),
+        global_batch,
+        config.seq_len,
+    )
+
+    p_train_step = parallel.pmap_train_step(
+        steps.train_step, model=model, task=task, tx=tx, schedule=schedule
+    )
+    p_eval_step = parallel.pmap_eval_step(steps.eval_step, model=model, task=task)
+    state = parallel.replicate(state)
+
+    history: list[dict[str, Any]] = []
+    progress = metrics_lib.Progress(start_step, config.total_steps)
+    summary: dict[str, Any] = {}
+    eval_metrics: dict[str, float] = {}
+    last_saved = latest
+    for step in range(start_step, config.total_steps):
+        batch = next(train_iter)
+        state, step_metrics = p_train_step(state, batch)
+        history.append(step_metrics)
+        done = step + 1
+        last = done == config.total_steps
+        if done % config.log_every_steps == 0 or last:
+            summary = metrics_lib.summarize_train(history)
+            history = []
+            metrics_lib.check_finite(summary["loss"], done, last_saved)
+            tps, eta = progress.update(done, summary.pop("tokens"))
+            summary["tokens_per_second"] = tps
+            writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
+            metrics_lib.log_progress(done, config.total_steps, summary, tps, eta)
+        if done % config.eval_every_steps == 0 or last:
+            eval_iter = task.eval_batches(config, tokenizer, **data_kwargs)
+            eval_metrics = evaluate(p_eval_step, state.params, eval_iter, task)
+            writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
+            logging.info(
+                "eval at step %d: %s",
+                done,
+                "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()),
+            )
+        if done % config.checkpoint_every_steps == 0 or last:
+            checkpointer.save(done, parallel.unreplicate(state), train_iter)
+            last_saved = done
+        writer.flush()
+
+    checkpointer.close()
+    writer.close()
+    return {"train": summary, "eval": eval_metrics, "step": int(parallel.unreplicate(state.step))}
+
+
+def _abstract_state(
+    config: ml_collections.ConfigDict, model: Any, tx_factory: Any
+) -> tuple[TrainState, Any]:
+    """Shapes and dtypes of the train state, without allocating it."""
+    holder = {}
+
+    def make() -> TrainState:
+        state, tx = init_state(config, model, tx_factory)
+        holder["tx"] = tx
+        return state
+
+    abstract = jax.eval_shape(make)
+    return abstract, holder["tx"]

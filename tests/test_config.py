@@ -1,0 +1,94 @@
+"""Every config file loads and builds its model; bad keys and values name themselves."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from ml_collections import config_flags
+
+from ptjax import config as config_lib
+from ptjax import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def _load(path, arg=None):
+    """Loads a config file the way scripts/train.py's --config flag does."""
+    module = config_flags.config_flags._LoadConfigModule("cfg", path)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_config_file_loads_validates_and_builds(path):
+    config = _load(path)
+    config_lib.validate(config)
+    model, model_config = models.build(config)
+    x = jnp.zeros((1, config.seq_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))  # No allocation.
+    assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) > 0
+    assert model_config.max_len >= config.seq_len
+
+
+def test_config_files_exist():
+    names = {os.path.basename(p) for p in CONFIG_FILES}
+    assert {"gpt_tiny.py", "gpt_small.py", "gpt_medium.py", "gpt_large.py", "gpt_xl.py"} <= names
+
+
+def test_variant_argument():
+    config = _load(os.path.join(ROOT, "configs", "gpt.py"), "size=small")
+    assert config.model.size == "small"
+    with pytest.raises(config_lib.ConfigError, match="colour"):
+        _load(os.path.join(ROOT, "configs", "gpt.py"), "colour=red")
+
+
+def _valid():
+    return config_lib.base_config()
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda c: setattr(c, "total_steps", 0), "total_steps"),
+        (lambda c: setattr(c, "per_device_batch_size", -1), "per_device_batch_size"),
+        (lambda c: setattr(c.model, "family", "rnn"), "model.family"),
+        (lambda c: setattr(c.model, "size", "huge"), "model.size"),
+        (lambda c: setattr(c, "task", "dance"), "task"),
+        (lambda c: setattr(c.optimizer, "schedule", "step"), "optimizer.schedule"),
+        (lambda c: setattr(c, "seq_len", 4096), "seq_len"),
+        (lambda c: setattr(c.optimizer, "warmup_steps", 10_000), "warmup_steps"),
+        (lambda c: setattr(c.dataset, "name", "text_files"), "train_files"),
+    ],
+)
+def test_bad_values_are_named(change, match):
+    config = _valid()
+    change(config)
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(config)
+
+
+def _replaced(config, key, value):
+    """A ConfigDict like `config` with one raw value changed (as a hand-edited file could)."""
+    raw = config.to_dict()
+    node = raw
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    return ml_collections.ConfigDict(raw)
+
+
+def test_unknown_key_is_named():
+    config = _replaced(_valid(), "optimizer.learning_rat", 1.0)
+    with pytest.raises(config_lib.ConfigError, match="optimizer.learning_rat"):
+        config_lib.validate(config)
+
+
+def test_wrong_type_is_named():
+    config = _replaced(_valid(), "log_every_steps", "often")
+    with pytest.raises(config_lib.ConfigError, match="log_every_steps"):
+        config_lib.validate(config)
