@@ -7,6 +7,8 @@ written, and names the offending key in its error.
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 
@@ -110,6 +112,20 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
         else:
             out[name] = value
     return out
+
+
+def check_override_flags(argv: list[str], flag: str = "config") -> None:
+    """Names an unknown `--config.KEY=VALUE` override (with close matches) before flag parsing."""
+    known = _flatten(base_config())
+    prefix = f"--{flag}."
+    for arg in argv[1:]:
+        if not arg.startswith(prefix):
+            continue
+        key = arg[len(prefix) :].split("=", 1)[0]
+        if key not in known and not any(k.startswith(key + ".") for k in known):
+            close = difflib.get_close_matches(key, list(known), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"Unknown config key {key!r} in {arg!r}.{hint}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

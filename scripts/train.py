@@ -3,9 +3,12 @@
 Any config field can be overridden: --config.total_steps=100 --config.optimizer.learning_rate=1e-3.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ptjax import config as config_lib
 from ptjax import runtime
 
 FLAGS = flags.FLAGS
@@ -22,10 +25,18 @@ def main(argv):
     runtime.initialize()
     from ptjax.train import trainer  # After runtime.initialize(): TF must not see accelerators.
 
-    result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except trainer.USER_ERRORS as e:  # A mistake in the flags, config, data or workdir.
+        logging.error("%s: %s", type(e).__name__, e)
+        sys.exit(2)
     logging.info("Done at step %d: %s", result["step"], result["eval"])
     print(f"tensorboard --logdir {FLAGS.workdir}")
 
 
 if __name__ == "__main__":
+    try:
+        config_lib.check_override_flags(sys.argv)
+    except config_lib.ConfigError as e:
+        sys.exit(f"ConfigError: {e}")
     app.run(main)

@@ -66,13 +66,13 @@ def shape_mismatches(expected: Any, found: Any) -> list[str]:
     """Names of parameters missing, unexpected or of another shape, as 'path: why' lines."""
     want = {"/".join(map(str, k)): tuple(v.shape) for k, v in _flat(expected).items()}
     have = {"/".join(map(str, k)): tuple(v.shape) for k, v in _flat(found).items()}
-    problems = [f"{k}: missing from the checkpoint" for k in sorted(set(want) - set(have))]
-    problems += [f"{k}: not in the model" for k in sorted(set(have) - set(want))]
-    problems += [
+    problems = [
         f"{k}: checkpoint has shape {have[k]}, model expects {want[k]}"
         for k in sorted(set(want) & set(have))
         if want[k] != have[k]
     ]
+    problems += [f"{k}: missing from the checkpoint" for k in sorted(set(want) - set(have))]
+    problems += [f"{k}: not in the model" for k in sorted(set(have) - set(want))]
     return problems
 
 
@@ -89,7 +89,7 @@ class Checkpointer:
         self.directory = epath.Path(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            item_names=("state", "data"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataIteratorHandler()},
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
         )
 

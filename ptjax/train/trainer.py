@@ -6,12 +6,14 @@ write into the workdir, so a mistake never changes an existing run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -22,7 +24,7 @@ from ptjax.data import corpora
 from ptjax.data.tokenizer import Tokenizer, check_vocab, train_tokenizer
 from ptjax.train import metrics as metrics_lib
 from ptjax.train import optim, parallel, steps
-from ptjax.train.checkpoint import Checkpointer, restore_params
+from ptjax.train.checkpoint import Checkpointer, CheckpointMismatchError, restore_params
 from ptjax.train.state import TrainState
 
 CONFIG_FILE = "config.json"
@@ -43,6 +45,17 @@ _WORKDIR_ENTRIES = (
 
 class WorkdirError(ValueError):
     """The workdir cannot hold this run."""
+
+
+# Errors that mean "fix your config, data or workdir": scripts print them without a traceback.
+USER_ERRORS = (
+    config_lib.ConfigError,
+    WorkdirError,
+    CheckpointMismatchError,
+    FileNotFoundError,
+    NotADirectoryError,
+    metrics_lib.NonFiniteLossError,
+)
 
 
 def default_data_dir(config: ml_collections.ConfigDict) -> str:
@@ -120,16 +133,15 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> N
         f.write(text)
 
 
-def init_state(
-    config: ml_collections.ConfigDict, model: Any, tx_factory: Any
-) -> tuple[TrainState, Any]:
-    """A fresh state (on the host) and the optimizer built for its parameters."""
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, state_rng = jax.random.split(rng)
-    dummy = np.zeros((1, config.seq_len), np.int32)
-    params = jax.jit(lambda r: model.init(r, dummy, dummy, dummy)["params"])(init_rng)
-    tx = tx_factory(params)
-    return TrainState.create(params, tx, state_rng), tx
+def init_params(config: ml_collections.ConfigDict, model: Any, rng: jax.Array) -> Any:
+    dummy = jnp.zeros((1, config.seq_len), jnp.int32)
+    return model.init(rng, dummy, dummy, dummy)["params"]
+
+
+def init_state(config: ml_collections.ConfigDict, model: Any, tx: Any) -> TrainState:
+    """A fresh state from config.seed: parameters, optimizer state, step 0, the run's key."""
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    return TrainState.create(init_params(config, model, init_rng), tx, state_rng)
 
 
 def evaluate(p_eval_step: Any, params: Any, batches: Any, task: Any) -> dict[str, float]:
@@ -144,8 +156,14 @@ def evaluate(p_eval_step: Any, params: Any, batches: Any, task: Any) -> dict[str
     return task.summarize(host)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) the configured model in `workdir`; returns the last metrics."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_after_steps: int | None = None
+) -> dict[str, Any]:
+    """Trains (or resumes) the configured model in `workdir`; returns the last metrics.
+
+    `stop_after_steps` ends this invocation early, with a checkpoint, after that many steps (a
+    later call resumes exactly); the schedule still follows config.total_steps.
+    """
     config_lib.validate(config)
     resuming = check_workdir(workdir)
     task = tasks.TASKS[config.task]
@@ -171,11 +189,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model, model_config = models.build(config, tokenizer.vocab_size)
     check_vocab(tokenizer, model_config.vocab_size)
 
-    def tx_factory(params: Any) -> Any:
-        return optim.make_optimizer(config.optimizer, config.total_steps, params)
-
-    schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
-    abstract_state, tx = _abstract_state(config, model, tx_factory)
+    abstract_params = jax.eval_shape(
+        functools.partial(init_params, config, model), jax.random.PRNGKey(0)
+    )
+    tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, abstract_params)
+    abstract_state = jax.eval_shape(functools.partial(init_state, config, model, tx))
     latest = checkpointer.latest_step() if checkpointer else None
     if latest is not None:
         checkpointer.check_compatible(latest, abstract_state)
@@ -199,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Resuming from %s/%d", checkpointer.directory, latest)
         state = checkpointer.restore(latest, abstract_state, train_iter)
     else:
-        state, tx = init_state(config, model, tx_factory)
+        state = jax.jit(functools.partial(init_state, config, model, tx))()
         if config.init_checkpoint:
             logging.info("Initialising parameters from %s", config.init_checkpoint)
             params = restore_params(config.init_checkpoint, abstract_state.params)
@@ -229,12 +247,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary: dict[str, Any] = {}
     eval_metrics: dict[str, float] = {}
     last_saved = latest
-    for step in range(start_step, config.total_steps):
+    if start_step >= config.total_steps:
+        logging.info(
+            "The run in %s is complete at step %d; raise --config.total_steps to train on.",
+            workdir,
+            start_step,
+        )
+    end_step = config.total_steps
+    if stop_after_steps is not None:
+        end_step = min(end_step, start_step + stop_after_steps)
+    for step in range(start_step, end_step):
         batch = next(train_iter)
         state, step_metrics = p_train_step(state, batch)
         history.append(step_metrics)
         done = step + 1
-        last = done == config.total_steps
+        last = done == end_step
         if done % config.log_every_steps == 0 or last:
             summary = metrics_lib.summarize_train(history)
             history = []
@@ -243,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             summary["tokens_per_second"] = tps
             writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
             metrics_lib.log_progress(done, config.total_steps, summary, tps, eta)
+            writer.flush()
         if done % config.eval_every_steps == 0 or last:
             eval_iter = task.eval_batches(config, tokenizer, **data_kwargs)
             eval_metrics = evaluate(p_eval_step, state.params, eval_iter, task)
@@ -255,23 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if done % config.checkpoint_every_steps == 0 or last:
             checkpointer.save(done, parallel.unreplicate(state), train_iter)
             last_saved = done
-        writer.flush()
 
     checkpointer.close()
+    writer.flush()
     writer.close()
     return {"train": summary, "eval": eval_metrics, "step": int(parallel.unreplicate(state.step))}
-
-
-def _abstract_state(
-    config: ml_collections.ConfigDict, model: Any, tx_factory: Any
-) -> tuple[TrainState, Any]:
-    """Shapes and dtypes of the train state, without allocating it."""
-    holder = {}
-
-    def make() -> TrainState:
-        state, tx = init_state(config, model, tx_factory)
-        holder["tx"] = tx
-        return state
-
-    abstract = jax.eval_shape(make)
-    return abstract, holder["tx"]
