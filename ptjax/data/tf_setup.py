@@ -1,0 +1,26 @@
+"""The one place ptjax imports TensorFlow, so that TF stays on the CPU and leaves the accelerator
+to JAX."""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+
+from absl import logging
+
+
+@functools.cache
+def import_tf() -> types.ModuleType:
+    """The `tensorflow` module, with GPUs and TPUs hidden from it and its C++ logs quieted."""
+    # Must happen before TF's first import to take effect; a value the user set is kept.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    for device_type in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], device_type)
+        except (RuntimeError, ValueError) as e:
+            # RuntimeError: TF already initialised its devices (someone used TF before us).
+            logging.warning("Could not hide %s devices from TensorFlow: %s", device_type, e)
+    return tf

@@ -1,0 +1,207 @@
+"""SentencePiece tokenizer: loading, encoding, and training one from in-memory texts.
+
+Every ptjax tokenizer has the same special ids (pad=0, eos=1, unk=2, bos=3) and byte fallback, so
+any text round-trips and model code can rely on the ids without reading the model file.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+
+import sentencepiece as spm
+
+PAD_ID = 0
+EOS_ID = 1
+UNK_ID = 2
+BOS_ID = 3
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _read_bytes(path: str) -> bytes:
+    """Reads a local file, or a remote one (gs://...) through tf.io.gfile."""
+    if _is_remote(path):
+        from ptjax.data.tf_setup import import_tf
+
+        tf = import_tf()
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"Tokenizer model file {path!r} does not exist.")
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Tokenizer model file {path!r} does not exist.")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Tokenizer:
+    """A SentencePiece model with ptjax's fixed special ids (pad 0, eos 1, unk 2, bos 3)."""
+
+    def __init__(self, path: str):
+        self._path = os.fspath(path)
+        proto = _read_bytes(self._path)
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(proto)
+        except (RuntimeError, OSError) as e:
+            raise ValueError(
+                f"Tokenizer model file {self._path!r} is not a valid SentencePiece model: {e}"
+            ) from e
+        got = (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id(), self._sp.bos_id())
+        if got != (PAD_ID, EOS_ID, UNK_ID, BOS_ID):
+            raise ValueError(
+                f"Tokenizer model file {self._path!r} has special ids (pad, eos, unk, bos)={got}; "
+                f"ptjax expects {(PAD_ID, EOS_ID, UNK_ID, BOS_ID)}. Train it with "
+                "scripts/train_tokenizer.py."
+            )
+        self._num_threads = min(os.cpu_count() or 1, 16)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.vocab_size()
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    @property
+    def unk_id(self) -> int:
+        return UNK_ID
+
+    @property
+    def bos_id(self) -> int:
+        return BOS_ID
+
+    def encode(self, text: str | bytes) -> list[int]:
+        """Token ids of one text, without eos/bos."""
+        return self._sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: Sequence[str | bytes]) -> list[list[int]]:
+        """Token ids of many texts, encoded by SentencePiece's own thread pool."""
+        return self._sp.encode(list(texts), out_type=int, num_threads=self._num_threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids; pad ids are dropped."""
+        return self._sp.decode([int(i) for i in ids if int(i) != PAD_ID])
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(path={self._path!r}, vocab_size={self.vocab_size})"
+
+
+def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
+    """Raises ValueError when a model's vocabulary size differs from the tokenizer's."""
+    if tokenizer.vocab_size != model_vocab_size:
+        raise ValueError(
+            f"Model vocab_size={model_vocab_size} does not match tokenizer vocab_size="
+            f"{tokenizer.vocab_size} (tokenizer {tokenizer.path!r}). Set model.vocab_size=0 to "
+            "take the tokenizer's size, or use the tokenizer the model was trained with."
+        )
+
+
+def _sentences(texts: Iterable[str], max_sentences: int, counter: list[int]) -> Iterator[str]:
+    """Non-empty lines of the first `max_sentences` texts; counts them in counter[0]."""
+    for text in itertools.islice(texts, max_sentences):
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        for line in text.splitlines():
+            if line.strip():
+                counter[0] += 1
+                yield line
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    output_path: str,
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    max_sentences: int = 200_000,
+) -> Tokenizer:
+    """Trains a SentencePiece model on the first `max_sentences` texts and writes `output_path`.
+
+    Texts are split into lines (SentencePiece's "sentences"). Normalisation is the identity with
+    whitespace kept and byte fallback on, so decode(encode(text)) == text for any text. Training
+    is deterministic: the same texts give the same bytes. The file is written under a temporary
+    name and then linked into place; an existing `output_path` is never overwritten.
+    """
+    output_path = os.fspath(output_path)
+    if _is_remote(output_path):
+        raise ValueError(f"train_tokenizer writes local files only; got {output_path!r}.")
+    if model_type not in ("unigram", "bpe"):
+        raise ValueError(f"model_type={model_type!r}; expected 'unigram' or 'bpe'.")
+    if vocab_size <= BOS_ID + 1 + 256:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: 4 special ids + 256 byte pieces need > 260."
+        )
+    if max_sentences <= 0:
+        raise ValueError(f"max_sentences={max_sentences} must be positive.")
+    if os.path.exists(output_path):
+        raise FileExistsError(
+            f"Tokenizer file {output_path!r} already exists; delete it or choose another --output."
+        )
+    counter = [0]
+    writer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_sentences(texts, max_sentences, counter),
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=PAD_ID,
+            eos_id=EOS_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            input_sentence_size=0,  # Use every sentence given (we cap them), so no random sampling.
+            max_sentence_length=16384,  # Bytes; longer lines are skipped by SentencePiece.
+            num_threads=min(os.cpu_count() or 1, 16),
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        if counter[0] == 0:
+            raise ValueError(
+                f"No non-empty text to train tokenizer {output_path!r} on; check the dataset."
+            ) from e
+        raise ValueError(
+            f"Training tokenizer {output_path!r} (vocab_size={vocab_size}, {model_type}) on "
+            f"{counter[0]} lines failed; lower vocab_size or give more text. SentencePiece: {e}"
+        ) from e
+    directory = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(
+        prefix=os.path.basename(output_path) + ".", suffix=".tmp", dir=directory
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(writer.getvalue())
+        # os.link fails if output_path appeared meanwhile, so nothing is ever overwritten.
+        try:
+            os.link(tmp_path, output_path)
+        except FileExistsError:
+            raise
+        except OSError:  # File systems without hard links: check, then rename.
+            if os.path.exists(output_path):
+                raise FileExistsError(output_path) from None
+            os.rename(tmp_path, output_path)
+    except FileExistsError as e:
+        raise FileExistsError(f"Tokenizer file {output_path!r} appeared while training.") from e
+    finally:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+    return Tokenizer(output_path)
