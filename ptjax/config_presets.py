@@ -31,7 +31,7 @@ def parse_arg(arg: str | None, **defaults: object) -> ml_collections.ConfigDict:
 # ones, CPU-sized for 'tiny').
 _GPT_TRAINING = {
     "tiny": dict(
-        seq_len=128, per_device_batch_size=8, learning_rate=1e-3, warmup_steps=50, total_steps=400
+        seq_len=128, per_device_batch_size=8, learning_rate=1e-3, warmup_steps=100, total_steps=1200
     ),
     "bench": dict(
         seq_len=256, per_device_batch_size=8, learning_rate=6e-4, warmup_steps=100, total_steps=2000
@@ -81,7 +81,11 @@ def gpt_config(size: str) -> ml_collections.ConfigDict:
     c.total_steps = t["total_steps"]
     c.optimizer.learning_rate = t["learning_rate"]
     c.optimizer.warmup_steps = t["warmup_steps"]
-    if size != "tiny":
+    if size == "tiny":
+        c.log_every_steps = 50
+        c.eval_every_steps = 200
+        c.checkpoint_every_steps = 200
+    else:
         c.tokenizer.vocab_size = 32000
         c.log_every_steps = 100
         c.eval_every_steps = 2000

@@ -17,5 +17,3 @@ python -m pip install -q -e . --config-settings editable_mode=compat
 # The bundled corpus is prepared once into the workdir's sibling data directory.
 export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$(dirname "$workdir")/tfds}"
 python scripts/train.py --config=configs/gpt_tiny.py --workdir="$workdir" --alsologtostderr
-echo
-echo "Look at it with:  tensorboard --logdir $workdir"

@@ -9,8 +9,9 @@ from ptjax.models import gpt, layers
 
 
 def _tiny(**kw):
-    params = dict(vocab_size=97, max_len=32, num_layers=2, num_heads=4, d_model=32, d_ff=64,
-                  dropout_rate=0.1)
+    params = dict(
+        vocab_size=97, max_len=32, num_layers=2, num_heads=4, d_model=32, d_ff=64, dropout_rate=0.1
+    )
     params.update(kw)
     return gpt.GPTConfig(**params)
 
@@ -18,7 +19,7 @@ def _tiny(**kw):
 def _init(cfg, length=16):
     model = gpt.GPT(cfg)
     x = jnp.zeros((2, length), jnp.int32)
-    return model, model.init(jax.random.PRNGKey(0), x)['params']
+    return model, model.init(jax.random.PRNGKey(0), x)["params"]
 
 
 def _count(tree):
@@ -28,15 +29,19 @@ def _count(tree):
 def test_logits_shape_and_dtype():
     model, params = _init(_tiny())
     x = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, 97)
-    logits = model.apply({'params': params}, x)
+    logits = model.apply({"params": params}, x)
     assert logits.shape == (2, 16, 97)
     assert logits.dtype == jnp.float32
 
 
 @pytest.mark.parametrize(
-    'size,expected',
-    [('small', 124_439_808), ('medium', 354_823_168), ('large', 774_030_080),
-     ('xl', 1_557_611_200)],
+    "size,expected",
+    [
+        ("small", 124_439_808),
+        ("medium", 354_823_168),
+        ("large", 774_030_080),
+        ("xl", 1_557_611_200),
+    ],
 )
 def test_gpt2_parameter_counts(size, expected):
     """GPT-2's published sizes (vocab 50257, context 1024, tied embeddings)."""
@@ -44,14 +49,14 @@ def test_gpt2_parameter_counts(size, expected):
     shapes = jax.eval_shape(
         lambda: gpt.GPT(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
     )
-    assert _count(shapes['params']) == expected
+    assert _count(shapes["params"]) == expected
 
 
 def test_causal_no_token_sees_the_future():
     model, params = _init(_tiny())
     x = jax.random.randint(jax.random.PRNGKey(1), (1, 16), 0, 97)
-    base = model.apply({'params': params}, x)
-    changed = model.apply({'params': params}, x.at[:, 9:].set((x[:, 9:] + 5) % 97))
+    base = model.apply({"params": params}, x)
+    changed = model.apply({"params": params}, x.at[:, 9:].set((x[:, 9:] + 5) % 97))
     np.testing.assert_allclose(base[:, :9], changed[:, :9], atol=1e-6)
     assert not np.allclose(base[:, 9:], changed[:, 9:])
 
@@ -64,9 +69,9 @@ def test_segments_never_see_another_document():
     packed = jnp.concatenate([a, b], axis=1)
     segments = jnp.array([[1] * 6 + [2] * 10])
     positions = jnp.array([list(range(6)) + list(range(10))])
-    out = model.apply({'params': params}, packed, positions, segments)
-    alone_a = model.apply({'params': params}, a)
-    alone_b = model.apply({'params': params}, b)
+    out = model.apply({"params": params}, packed, positions, segments)
+    alone_a = model.apply({"params": params}, a)
+    alone_b = model.apply({"params": params}, b)
     np.testing.assert_allclose(out[:, :6], alone_a, atol=1e-5)
     np.testing.assert_allclose(out[:, 6:], alone_b, atol=1e-5)
 
@@ -74,20 +79,22 @@ def test_segments_never_see_another_document():
 def test_dropout_is_an_apply_time_switch():
     model, params = _init(_tiny())
     x = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, 97)
-    eval_a = model.apply({'params': params}, x)
-    eval_b = model.apply({'params': params}, x, deterministic=True)
+    eval_a = model.apply({"params": params}, x)
+    eval_b = model.apply({"params": params}, x, deterministic=True)
     np.testing.assert_array_equal(eval_a, eval_b)
-    train_a = model.apply({'params': params}, x, deterministic=False,
-                          rngs={'dropout': jax.random.PRNGKey(5)})
-    train_b = model.apply({'params': params}, x, deterministic=False,
-                          rngs={'dropout': jax.random.PRNGKey(6)})
+    train_a = model.apply(
+        {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(5)}
+    )
+    train_b = model.apply(
+        {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(6)}
+    )
     assert not np.allclose(train_a, train_b)
     assert not np.allclose(train_a, eval_a)
 
 
 def test_tied_output_embedding():
     _, params = _init(_tiny())
-    assert 'wte' in params and not any('head' in k for k in params)
+    assert "wte" in params and not any("head" in k for k in params)
 
 
 def test_attention_masks():
@@ -105,7 +112,7 @@ def test_fully_masked_rows_are_finite():
 
 
 def test_flops_per_token_counts_matmuls():
-    cfg = gpt.GPTConfig(**gpt.SIZES['small'])
+    cfg = gpt.GPTConfig(**gpt.SIZES["small"])
     non_embedding = 12 * (4 * 768 * 768 + 2 * 768 * 3072)
     expected = 6 * (non_embedding + 50257 * 768) + 6 * 12 * 1024 * 768
     assert gpt.flops_per_token(cfg, 1024) == expected

@@ -1,0 +1,203 @@
+"""End to end on 8 fake devices: train, TensorBoard events, checkpoints, exact resume, refusals."""
+
+import glob
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from ptjax.config import ConfigError
+from ptjax.config_presets import gpt_config
+from ptjax.data import corpora
+from ptjax.data.tokenizer import train_tokenizer
+from ptjax.train import trainer
+from ptjax.train.checkpoint import CheckpointMismatchError
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory, data_dir):
+    """A small sentencepiece model trained once for the module (the trainer's own path)."""
+    config = gpt_config("tiny")
+    path = str(tmp_path_factory.mktemp("spm") / "spm.model")
+    texts = corpora.iterate_texts(config.dataset, "train", data_dir=data_dir, max_texts=2000)
+    train_tokenizer(texts, path, vocab_size=512)
+    return path
+
+
+def tiny_config(data_dir, tokenizer_file, **changes):
+    config = gpt_config("tiny")
+    config.dataset.data_dir = data_dir
+    config.tokenizer.path = tokenizer_file
+    config.seq_len = 32
+    config.per_device_batch_size = 1  # x 8 fake devices.
+    config.total_steps = 12
+    config.optimizer.warmup_steps = 2
+    config.log_every_steps = 1
+    config.eval_every_steps = 6
+    config.checkpoint_every_steps = 6
+    config.keep_checkpoints = 2
+    config.dataset.max_eval_batches = 2
+    config.dataset.shuffle_buffer = 64
+    for key, value in changes.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def read_scalars(workdir):
+    """{tag: {step: value}} from the run's real TensorBoard event files."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars" or value.HasField(
+                    "simple_value"
+                ):
+                    number = (
+                        value.simple_value
+                        if value.HasField("simple_value")
+                        else float(tf.make_ndarray(value.tensor))
+                    )
+                    out.setdefault(value.tag, {})[event.step] = number
+    return out
+
+
+def read_tags(workdir):
+    tags = set()
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def snapshot(directory):
+    """Every file under `directory` with its size and mtime: to prove nothing was touched."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            out[path] = (stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_dir, tokenizer_file):
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    result = trainer.train_and_evaluate(tiny_config(data_dir, tokenizer_file), workdir)
+    return workdir, result
+
+
+def test_trains_with_events_checkpoints_and_config(straight_run):
+    workdir, result = straight_run
+    assert result["step"] == 12
+    tags = read_tags(workdir)
+    for tag in [
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "train/tokens_per_second",
+        "train/accuracy",
+        "eval/loss",
+        "eval/perplexity",
+        "eval/accuracy",
+        "config",
+    ]:
+        assert tag in tags, tag
+    assert any("hparams" in t for t in tags)
+    scalars = read_scalars(workdir)
+    assert sorted(scalars["train/loss"]) == list(range(1, 13))
+    assert sorted(scalars["eval/loss"]) == [6, 12]
+    losses = scalars["train/loss"]
+    assert losses[12] < losses[1]  # Learning, even in 12 tiny steps.
+    # keep_checkpoints=2: steps 6 and 12, each with the state and the pipeline position.
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "12", "data"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["size"] == "tiny"
+
+
+def test_resume_is_exact(straight_run, tmp_path, data_dir, tokenizer_file):
+    """12 steps straight == 5 steps, stop, resume from the step-5 checkpoint, 7 more."""
+    straight_dir, straight = straight_run
+    workdir = str(tmp_path / "resumed")
+    config = tiny_config(data_dir, tokenizer_file, checkpoint_every_steps=5)
+    first = trainer.train_and_evaluate(config, workdir, stop_after_steps=5)
+    assert first["step"] == 5
+    second = trainer.train_and_evaluate(config, workdir)
+    assert second["step"] == 12
+    a = read_scalars(straight_dir)
+    b = read_scalars(workdir)
+    for step in range(1, 13):
+        assert b["train/loss"][step] == a["train/loss"][step], step
+        assert b["train/grad_norm"][step] == a["train/grad_norm"][step], step
+    assert second["eval"] == straight["eval"]
+
+
+def test_finished_run_is_not_retrained(straight_run, data_dir, tokenizer_file):
+    workdir, _ = straight_run
+    before = snapshot(os.path.join(workdir, "checkpoints"))
+    result = trainer.train_and_evaluate(tiny_config(data_dir, tokenizer_file), workdir)
+    assert result["step"] == 12
+    assert snapshot(os.path.join(workdir, "checkpoints")) == before
+
+
+def test_other_model_shape_is_refused_and_nothing_changes(straight_run, data_dir, tokenizer_file):
+    workdir, _ = straight_run
+    before = snapshot(workdir)
+    config = tiny_config(data_dir, tokenizer_file)
+    config.model.max_len = 128  # Another position table: one parameter changes shape.
+    with pytest.raises(CheckpointMismatchError, match=r"wpe/embedding.*\(256, 128\)"):
+        trainer.train_and_evaluate(config, workdir)
+    assert snapshot(workdir) == before
+
+
+def test_invalid_config_fails_before_any_write(tmp_path, data_dir, tokenizer_file):
+    config = tiny_config(data_dir, tokenizer_file)
+    config.total_steps = -3
+    with pytest.raises(ConfigError, match="total_steps"):
+        trainer.train_and_evaluate(config, str(tmp_path / "never"))
+    assert not os.path.exists(tmp_path / "never")
+
+
+def test_workdir_that_is_not_a_run_is_refused(tmp_path, data_dir, tokenizer_file):
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(trainer.WorkdirError, match="thesis.tex"):
+        trainer.train_and_evaluate(tiny_config(data_dir, tokenizer_file), str(tmp_path))
+    a_file = tmp_path / "thesis.tex"
+    with pytest.raises(trainer.WorkdirError, match="is a file"):
+        trainer.train_and_evaluate(tiny_config(data_dir, tokenizer_file), str(a_file))
+    assert a_file.read_text() == "precious"
+
+
+def test_missing_data_file_is_named(tmp_path, data_dir, tokenizer_file):
+    config = tiny_config(data_dir, tokenizer_file, **{"dataset.name": "text_files"})
+    config.dataset.train_files = str(tmp_path / "no_such_corpus.txt")
+    with pytest.raises(FileNotFoundError, match="no_such_corpus.txt"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_empty_corpus_is_refused(tmp_path, data_dir, tokenizer_file):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n   \n")
+    config = tiny_config(data_dir, tokenizer_file)
+    config.dataset.name = "text_files"
+    config.dataset.train_files = str(empty)
+    with pytest.raises(ValueError, match="empty.txt"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_tokenizer_vocab_mismatch_is_named(tmp_path, data_dir, tokenizer_file):
+    config = tiny_config(data_dir, tokenizer_file)
+    config.model.vocab_size = 1000  # The tokenizer has 512 pieces.
+    with pytest.raises(ValueError, match="512"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
