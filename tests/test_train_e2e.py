@@ -201,3 +201,42 @@ def test_tokenizer_vocab_mismatch_is_named(tmp_path, data_dir, tokenizer_file):
     config.model.vocab_size = 1000  # The tokenizer has 512 pieces.
     with pytest.raises(ValueError, match="512"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_init_checkpoint_starts_from_another_run_without_touching_it(
+    straight_run, tmp_path, data_dir, tokenizer_file
+):
+    source, straight = straight_run
+    before = snapshot(source)
+    config = tiny_config(data_dir, tokenizer_file, init_checkpoint=source, eval_every_steps=1)
+    config.optimizer.learning_rate = 1e-9  # One step that barely moves: eval shows the start.
+    result = trainer.train_and_evaluate(config, str(tmp_path / "finetune"), stop_after_steps=1)
+    assert result["step"] == 1
+    assert abs(result["eval"]["loss"] - straight["eval"]["loss"]) < 1e-3
+    assert snapshot(source) == before
+
+
+def test_restore_params_names_a_mismatch(straight_run):
+    import jax
+    import numpy as np
+
+    from ptjax.train.checkpoint import restore_params
+
+    source, _ = straight_run
+    params = restore_params(source, _abstract_params(source))
+    assert params["wte"]["embedding"].shape == (512, 128)
+    wrong = jax.tree.map(lambda x: x, _abstract_params(source))
+    wrong["ln_f"]["scale"] = jax.ShapeDtypeStruct((64,), np.float32)
+    with pytest.raises(CheckpointMismatchError, match="ln_f/scale"):
+        restore_params(source, wrong)
+
+
+def _abstract_params(workdir):
+    import jax
+
+    from ptjax import models
+
+    config = gpt_config("tiny")
+    config.seq_len = 32
+    model, _ = models.build(config, vocab_size=512)
+    return jax.eval_shape(lambda: trainer.init_params(config, model, jax.random.PRNGKey(0)))
