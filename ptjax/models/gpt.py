@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -57,7 +59,15 @@ class DecoderBlock(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, *, deterministic: bool) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        mask: Array,
+        *,
+        deterministic: bool,
+        cache: dict[str, Array] | None = None,
+        cache_index: Array | None = None,
+    ) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         # GPT-2 scales the init of projections into the residual stream by 1/sqrt(2 * layers).
@@ -65,7 +75,7 @@ class DecoderBlock(nn.Module):
         ln = dict(epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype)
 
         h = nn.LayerNorm(name="ln_1", **ln)(x)
-        h = layers.MultiHeadAttention(
+        h, cache = layers.MultiHeadAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
             dropout_rate=cfg.dropout_rate,
@@ -73,7 +83,7 @@ class DecoderBlock(nn.Module):
             dtype=dtype,
             param_dtype=param_dtype,
             name="attn",
-        )(h, h, mask, deterministic=deterministic)
+        )(h, h, mask, deterministic=deterministic, cache=cache, cache_index=cache_index)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
         h = nn.LayerNorm(name="ln_2", **ln)(x)
@@ -85,11 +95,16 @@ class DecoderBlock(nn.Module):
             param_dtype=param_dtype,
             name="mlp",
         )(h, deterministic=deterministic)
-        return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic), cache
 
 
 class GPT(nn.Module):
-    """Causal language model; returns logits [batch, length, vocab] in float32."""
+    """Causal language model; returns logits [batch, length, vocab] in float32.
+
+    With `cache` (from `init_cache`) it decodes incrementally and returns (logits, new cache):
+    the inputs are written into the cache after what it holds, `input_mask` marks real tokens
+    (False for left padding), and attention covers everything cached so far.
+    """
 
     config: GPTConfig
 
@@ -101,15 +116,28 @@ class GPT(nn.Module):
         segment_ids: Array | None = None,  # [batch, length]; packed documents, never mixed
         *,
         deterministic: bool = True,
-    ) -> Array:
+        cache: dict[str, Any] | None = None,
+        input_mask: Array | None = None,  # [batch, length] bool; with a cache only
+    ) -> Array | tuple[Array, dict[str, Any]]:
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         length = inputs.shape[1]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length), inputs.shape)
-        mask = layers.causal_mask(length)
-        if segment_ids is not None:
-            mask = layers.combine_masks(mask, layers.segment_mask(segment_ids, segment_ids))
+        index = None
+        if cache is None:
+            mask = layers.causal_mask(length)
+            if segment_ids is not None:
+                mask = layers.combine_masks(mask, layers.segment_mask(segment_ids, segment_ids))
+        else:
+            index = cache["index"][0]  # Rows decode in lockstep; stored per row for beams.
+            if input_mask is None:
+                input_mask = jnp.ones(inputs.shape, bool)
+            key_mask = jax.lax.dynamic_update_slice(cache["key_mask"], input_mask, (0, index))
+            max_len = key_mask.shape[1]
+            query_at = index + jnp.arange(length)
+            causal = jnp.arange(max_len)[None, :] <= query_at[:, None]  # [length, max_len]
+            mask = causal[None, None] & key_mask[:, None, None, :]  # [batch, 1, length, max_len]
 
         embed = nn.Embed(
             cfg.vocab_size,
@@ -129,13 +157,65 @@ class GPT(nn.Module):
         )
         x = embed(inputs) + wpe(positions)  # [batch, length, d_model]
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        new_layers = []
         for i in range(cfg.num_layers):
-            x = DecoderBlock(cfg, name=f"h_{i}")(x, mask, deterministic=deterministic)
+            x, layer_cache = DecoderBlock(cfg, name=f"h_{i}")(
+                x,
+                mask,
+                deterministic=deterministic,
+                cache=None if cache is None else cache["layers"][i],
+                cache_index=index,
+            )
+            new_layers.append(layer_cache)
         x = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name="ln_f"
         )(x)
-        logits = embed.attend(x)  # [batch, length, vocab], tied to the input embedding
-        return logits.astype(jnp.float32)
+        logits = embed.attend(x).astype(jnp.float32)  # [batch, length, vocab], tied
+        if cache is None:
+            return logits
+        new_cache = {
+            "index": cache["index"] + length,
+            "next_position": cache["next_position"] + jnp.sum(input_mask, axis=1, dtype=jnp.int32),
+            "key_mask": key_mask,
+            "layers": tuple(new_layers),
+        }
+        return logits, new_cache
+
+
+def init_cache(cfg: GPTConfig, batch: int, max_len: int) -> dict[str, Any]:
+    """An empty decoding cache for `max_len` positions (prompt + new tokens)."""
+    kv = (batch, max_len, cfg.num_heads, cfg.head_dim)
+    dtype = jnp.dtype(cfg.dtype)
+    return {
+        "index": jnp.zeros((batch,), jnp.int32),  # Next cache slot to write.
+        "next_position": jnp.zeros((batch,), jnp.int32),  # Next position id (real tokens).
+        "key_mask": jnp.zeros((batch, max_len), bool),
+        "layers": tuple(
+            {"key": jnp.zeros(kv, dtype), "value": jnp.zeros(kv, dtype)}
+            for _ in range(cfg.num_layers)
+        ),
+    }
+
+
+def decode_fns(model: GPT, max_new_tokens: int) -> tuple[Callable, Callable]:
+    """(prefill, step) for ptjax.decoding: prompts must be left-padded (mask False on pads)."""
+
+    def prefill(params: Any, prompt: Array, prompt_mask: Array) -> tuple[Array, dict]:
+        batch, prompt_len = prompt.shape
+        cache = init_cache(model.config, batch, prompt_len + max_new_tokens)
+        positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+        logits, cache = model.apply(
+            {"params": params}, prompt, positions, cache=cache, input_mask=prompt_mask
+        )
+        return logits[:, -1], cache
+
+    def step(params: Any, tokens: Array, cache: dict) -> tuple[Array, dict]:
+        logits, cache = model.apply(
+            {"params": params}, tokens[:, None], cache["next_position"][:, None], cache=cache
+        )
+        return logits[:, 0], cache
+
+    return prefill, step
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:

@@ -94,7 +94,16 @@ class MultiHeadAttention(nn.Module):
         bias: Array | None = None,
         *,
         deterministic: bool = True,
-    ) -> Array:
+        cache: dict[str, Array] | None = None,
+        cache_index: Array | None = None,
+    ) -> tuple[Array, dict[str, Array] | None]:
+        """Returns (output [batch, q_len, d_model], updated cache or None).
+
+        With a cache ({'key', 'value'}: [batch, max_len, heads, head_dim]), the new keys and
+        values are written at positions cache_index.. and the queries attend over the whole
+        cache; `mask` must then be [batch, 1, q_len, max_len].
+        """
+
         def proj(name: str) -> nn.Module:
             return nn.DenseGeneral(
                 (self.num_heads, self.head_dim),
@@ -108,6 +117,13 @@ class MultiHeadAttention(nn.Module):
         query = proj("query")(inputs_q)  # [batch, q_len, heads, head_dim]
         key = proj("key")(inputs_kv)  # [batch, kv_len, heads, head_dim]
         value = proj("value")(inputs_kv)
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            key = jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start)
+            value = jax.lax.dynamic_update_slice(
+                cache["value"], value.astype(cache["value"].dtype), start
+            )
+            cache = {"key": key, "value": value}
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -122,7 +138,7 @@ class MultiHeadAttention(nn.Module):
             deterministic=deterministic,
             dtype=self.dtype,
         )
-        return nn.DenseGeneral(
+        out = nn.DenseGeneral(
             inputs_q.shape[-1],
             axis=(-2, -1),
             use_bias=self.use_bias,
@@ -131,6 +147,7 @@ class MultiHeadAttention(nn.Module):
             param_dtype=self.param_dtype,
             name="out",
         )(out)  # [batch, q_len, d_model]
+        return out, cache
 
 
 class MlpBlock(nn.Module):
