@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
+    c.sample_every_steps = 0  # Decode sample_prompts greedily into TensorBoard; 0: never.
+    c.sample_prompts = ("",)  # "" samples from the start of a document.
+    c.sample_max_new_tokens = 32
     c.init_checkpoint = ""  # A checkpoint directory to start from when the workdir has none.
     c.parallelism = ml_collections.ConfigDict()
     c.parallelism.mode = "pmap"
@@ -100,6 +103,7 @@ _POSITIVE = (
     "tokenizer.vocab_size",
     "tokenizer.max_sentences",
     "dataset.shuffle_buffer",
+    "sample_max_new_tokens",
 )
 
 
@@ -166,6 +170,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"Config key model.size={config.model.size!r} for family {config.model.family!r}; "
             f"known sizes: {sorted(family.sizes)}."
         )
+    if config.sample_every_steps < 0:
+        raise ConfigError(
+            f"Config key sample_every_steps={config.sample_every_steps} must be >= 0."
+        )
+    if not all(isinstance(p, str) for p in config.sample_prompts):
+        raise ConfigError("Config key sample_prompts must be a tuple of strings.")
     if not 0.0 <= config.optimizer.end_learning_rate_fraction <= 1.0:
         raise ConfigError("Config key optimizer.end_learning_rate_fraction must lie in [0, 1].")
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps > config.total_steps:

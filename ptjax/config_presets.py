@@ -81,7 +81,9 @@ def gpt_config(size: str) -> ml_collections.ConfigDict:
     c.total_steps = t["total_steps"]
     c.optimizer.learning_rate = t["learning_rate"]
     c.optimizer.warmup_steps = t["warmup_steps"]
+    c.sample_prompts = ("In the beginning", "Jesus said to them,", "")
     if size == "tiny":
+        c.sample_every_steps = 200
         c.log_every_steps = 50
         c.eval_every_steps = 200
         c.checkpoint_every_steps = 200
@@ -90,4 +92,5 @@ def gpt_config(size: str) -> ml_collections.ConfigDict:
         c.log_every_steps = 100
         c.eval_every_steps = 2000
         c.checkpoint_every_steps = 2000
+        c.sample_every_steps = 2000
     return c

@@ -44,6 +44,8 @@ def tiny_config(data_dir, tokenizer_file, **changes):
     config.keep_checkpoints = 2
     config.dataset.max_eval_batches = 2
     config.dataset.shuffle_buffer = 64
+    config.sample_every_steps = 6
+    config.sample_max_new_tokens = 4
     for key, value in changes.items():
         node = config
         *parents, leaf = key.split(".")
@@ -111,6 +113,7 @@ def test_trains_with_events_checkpoints_and_config(straight_run):
         "eval/perplexity",
         "eval/accuracy",
         "config",
+        "samples",
     ]:
         assert tag in tags, tag
     assert any("hparams" in t for t in tags)
@@ -240,3 +243,72 @@ def _abstract_params(workdir):
     config.seq_len = 32
     model, _ = models.build(config, vocab_size=512)
     return jax.eval_shape(lambda: trainer.init_params(config, model, jax.random.PRNGKey(0)))
+
+
+def test_generator_from_workdir_splits_a_batch_over_devices(straight_run):
+    from ptjax.decoding import Generator
+
+    workdir, _ = straight_run
+    gen = Generator.from_workdir(workdir)
+    prompts = ["In the beginning", "Jesus said", "", "And God", "The king of Israel"] * 2
+    together = gen.generate(prompts, max_new_tokens=6)  # 10 prompts over 8 devices.
+    alone = [gen.generate([p], max_new_tokens=6)[0] for p in prompts[:5]]
+    assert together[:5] == alone and together[5:] == alone
+    assert all(isinstance(t, str) for t in together)
+    sampled_a = gen.generate(prompts[:3], max_new_tokens=6, temperature=1.0, top_p=0.9, seed=1)
+    sampled_b = gen.generate(prompts[:3], max_new_tokens=6, temperature=1.0, top_p=0.9, seed=1)
+    assert sampled_a == sampled_b
+    beams = gen.generate(prompts[:2], max_new_tokens=6, num_beams=3)
+    assert len(beams) == 2
+
+
+def _generate_cli(*args):
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "generate.py")
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_generate_script_prints_one_greedy_completion_per_prompt(straight_run, tmp_path):
+    workdir, _ = straight_run
+    done = _generate_cli(
+        f"--workdir={workdir}",
+        "--prompt=In the beginning",
+        "--prompt=God",
+        "--max_new_tokens=5",
+        "--temperature=0",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.strip().splitlines()) == 2
+    out = tmp_path / "out.jsonl"
+    done = _generate_cli(
+        f"--workdir={workdir}",
+        "--prompt=God",
+        f"--output={out}",
+        "--max_new_tokens=3",
+        "--temperature=0.7",
+        "--top_k=5",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(out.read_text())["prompt"] == "God"
+
+
+def test_generate_script_names_a_missing_run_and_a_corrupt_checkpoint(straight_run, tmp_path):
+    import shutil
+
+    done = _generate_cli(f"--workdir={tmp_path / 'nothing'}", "--prompt=x")
+    assert done.returncode == 2 and "config.json" in done.stderr
+    workdir, _ = straight_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    for path in glob.glob(str(copy / "checkpoints" / "12" / "state" / "**" / "*"), recursive=True):
+        if os.path.isfile(path) and os.path.getsize(path) > 1000:
+            with open(path, "r+b") as f:
+                f.truncate(100)
+    done = _generate_cli(f"--workdir={copy}", "--prompt=x")
+    assert done.returncode != 0
+    assert "checkpoint" in done.stderr.lower()

@@ -20,6 +20,8 @@ class ModelFamily:
     config_class: type
     sizes: dict[str, dict[str, Any]]
     flops_per_token: Callable[[Any, int], float]
+    # (model, max_new_tokens) -> (prefill, step) for ptjax.decoding; None if it cannot decode.
+    decode_fns: Callable[[Any, int], tuple[Callable, Callable]] | None = None
 
     def make_config(self, config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Any:
         """The model's hyper-parameters: the named size, then the run config's overrides."""
@@ -63,6 +65,7 @@ MODELS: dict[str, ModelFamily] = {
         config_class=gpt.GPTConfig,
         sizes=gpt.SIZES,
         flops_per_token=gpt.flops_per_token,
+        decode_fns=gpt.decode_fns,
     ),
 }
 

@@ -24,6 +24,23 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose parameters do not fit the configured model."""
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose files cannot be read."""
+
+
+def _read(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Runs an Orbax read; a failure becomes an error that names the checkpoint."""
+    try:
+        return fn(*args, **kwargs)
+    except (CheckpointMismatchError, FileNotFoundError):
+        raise
+    except Exception as e:  # Orbax/TensorStore raise many kinds for damaged files.
+        raise CorruptCheckpointError(
+            f"Checkpoint {what} could not be read ({type(e).__name__}: {e}). It may be "
+            "truncated or damaged; remove that step directory to use an earlier one."
+        ) from e
+
+
 class DataIteratorHandler(ocp.CheckpointHandler):
     """Saves each process's data iterator position next to the train state."""
 
@@ -111,7 +128,7 @@ class Checkpointer:
 
     def check_compatible(self, step: int, abstract_state: Any) -> None:
         """Raises CheckpointMismatchError naming each parameter that does not fit."""
-        found = self._manager.item_metadata(step)["state"]
+        found = _read(self.directory / str(step), self._manager.item_metadata, step)["state"]
         tree = found.tree if hasattr(found, "tree") else found
         problems = shape_mismatches(abstract_state.params, tree["params"])
         if problems:
@@ -125,7 +142,9 @@ class Checkpointer:
         """Restores state (as numpy on the host) and the iterator position of `step`."""
         self.check_compatible(step, abstract_state)
         target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_state)
-        restored = self._manager.restore(
+        restored = _read(
+            self.directory / str(step),
+            self._manager.restore,
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=DataIteratorRestore(iterator)
@@ -157,7 +176,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
             raise FileNotFoundError(f"init_checkpoint {path!r} holds no checkpoint steps.")
         root = root / str(steps[-1])
     handler = ocp.StandardCheckpointHandler()
-    meta = handler.metadata(root / "state")
+    meta = _read(root, handler.metadata, root / "state")
     tree = meta.tree if hasattr(meta, "tree") else meta
     problems = shape_mismatches(abstract_params, tree["params"])
     if problems:
@@ -166,5 +185,5 @@ def restore_params(path: str, abstract_params: Any) -> Any:
         )
     # Read the whole saved state without a target (it may hold another optimizer's state) and
     # keep its parameters.
-    full = ocp.Checkpointer(handler).restore(root / "state")
+    full = _read(root, ocp.Checkpointer(handler).restore, root / "state")
     return jax.tree.map(np.asarray, full["params"])

@@ -24,7 +24,12 @@ from ptjax.data import corpora
 from ptjax.data.tokenizer import Tokenizer, check_vocab, train_tokenizer
 from ptjax.train import metrics as metrics_lib
 from ptjax.train import optim, parallel, steps
-from ptjax.train.checkpoint import Checkpointer, CheckpointMismatchError, restore_params
+from ptjax.train.checkpoint import (
+    Checkpointer,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    restore_params,
+)
 from ptjax.train.state import TrainState
 
 CONFIG_FILE = "config.json"
@@ -52,6 +57,7 @@ USER_ERRORS = (
     config_lib.ConfigError,
     WorkdirError,
     CheckpointMismatchError,
+    CorruptCheckpointError,
     FileNotFoundError,
     NotADirectoryError,
     metrics_lib.NonFiniteLossError,
@@ -156,6 +162,22 @@ def evaluate(p_eval_step: Any, params: Any, batches: Any, task: Any) -> dict[str
     return task.summarize(host)
 
 
+def write_samples(
+    generator: Any, params: Any, config: ml_collections.ConfigDict, writer: Any, step: int
+) -> list[str]:
+    """Greedy completions of config.sample_prompts as a TensorBoard text summary."""
+    generator.set_params(params)
+    prompts = list(config.sample_prompts)
+    completions = generator.generate(prompts, max_new_tokens=config.sample_max_new_tokens)
+    lines = [
+        f"**{p or '(document start)'}** {c}" for p, c in zip(prompts, completions, strict=True)
+    ]
+    writer.write_texts(step, {"samples": "\n\n".join(lines)})
+    for line in lines:
+        logging.info("sample at step %d: %s", step, line)
+    return completions
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, stop_after_steps: int | None = None
 ) -> dict[str, Any]:
@@ -242,6 +264,16 @@ def train_and_evaluate(
     p_eval_step = parallel.pmap_eval_step(steps.eval_step, model=model, task=task)
     state = parallel.replicate(state)
 
+    generator = None
+    family = models.MODELS[config.model.family]
+    if config.sample_every_steps and family.decode_fns and jax.process_index() == 0:
+        from ptjax.decoding.generator import Generator
+
+        # One local device and plain jit: process 0 samples alone, without collectives.
+        generator = Generator(
+            model, None, tokenizer, family.decode_fns, devices=jax.local_devices()[:1]
+        )
+
     history: list[dict[str, Any]] = []
     progress = metrics_lib.Progress(start_step, config.total_steps)
     summary: dict[str, Any] = {}
@@ -280,6 +312,8 @@ def train_and_evaluate(
                 done,
                 "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()),
             )
+        if generator is not None and (done % config.sample_every_steps == 0 or last):
+            write_samples(generator, parallel.unreplicate(state.params), config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last:
             checkpointer.save(done, parallel.unreplicate(state), train_iter)
             last_saved = done

@@ -1,0 +1,179 @@
+"""Text in, text out: a trained model and its tokenizer behind one `generate` call.
+
+from ptjax.decoding import Generator
+gen = Generator.from_workdir("runs/demo")
+print(gen.generate(["In the beginning"], max_new_tokens=40, temperature=0.8, top_p=0.9))
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ptjax import models
+from ptjax.data.tokenizer import Tokenizer, check_vocab
+from ptjax.decoding.search import DecodeConfig, beam_search, sample
+from ptjax.models import gpt
+from ptjax.train import parallel
+from ptjax.train.checkpoint import restore_params
+
+_PROMPT_BUCKET = 16  # Prompt widths are rounded up to a multiple of this to reuse compilations.
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with (WORKDIR/config.json)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a ptjax run directory.")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int) -> tuple[np.ndarray, ...]:
+    """Token lists -> (tokens [batch, width], mask [batch, width]) aligned to the right edge."""
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, row in enumerate(rows):
+        if row:
+            tokens[i, width - len(row) :] = row
+            mask[i, width - len(row) :] = True
+    return tokens, mask
+
+
+class Generator:
+    """Decodes a causal LM over all local devices (the batch is split between them)."""
+
+    def __init__(
+        self,
+        model: Any,
+        params: Any,
+        tokenizer: Tokenizer,
+        decode_fns: Any = None,
+        devices: Sequence[Any] | None = None,
+    ):
+        self.model = model
+        self.decode_fns = decode_fns or gpt.decode_fns
+        self.tokenizer = tokenizer
+        self.params = params
+        check_vocab(tokenizer, model.config.vocab_size)
+        self._devices = list(devices or jax.local_devices())
+        self._replicated = None
+
+    def set_params(self, params: Any) -> None:
+        """Swaps in new parameters of the same shapes (no recompilation)."""
+        self.params = params
+        self._replicated = None
+
+    @classmethod
+    def from_workdir(cls, workdir: str, checkpoint: str | None = None) -> Generator:
+        """The latest checkpoint of a run (or `checkpoint`, a step directory) and its tokenizer."""
+        config = load_run_config(workdir)
+        tokenizer_path = config.tokenizer.path or os.path.join(workdir, "tokenizer", "spm.model")
+        tokenizer = Tokenizer(tokenizer_path)
+        model, _ = models.build(config, tokenizer.vocab_size)
+        family = models.MODELS[config.model.family]
+        if family.decode_fns is None:
+            raise ValueError(f"Model family {config.model.family!r} cannot generate text.")
+        dummy = jnp.zeros((1, 8), jnp.int32)
+        abstract = jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, dummy)["params"]
+        )
+        params = restore_params(checkpoint or workdir, abstract)
+        return cls(model, params, tokenizer, family.decode_fns)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Each prompt as a new document: EOS (the document separator) then its pieces."""
+        return [[self.tokenizer.eos_id] + ids for ids in self.tokenizer.encode_batch(prompts)]
+
+    def generate_ids(
+        self, prompt_ids: Sequence[Sequence[int]], cfg: DecodeConfig, seed: int = 0
+    ) -> list[list[int]]:
+        """New token ids per prompt (up to and without the EOS)."""
+        if not prompt_ids:
+            return []
+        longest = max(len(p) for p in prompt_ids)
+        if longest == 0:
+            raise ValueError("Every prompt is empty; give at least one token.")
+        if longest + cfg.max_new_tokens > self.model.config.max_len:
+            raise ValueError(
+                f"A prompt of {longest} tokens plus max_new_tokens={cfg.max_new_tokens} exceeds "
+                f"the model's {self.model.config.max_len} positions."
+            )
+        width = -(-longest // _PROMPT_BUCKET) * _PROMPT_BUCKET
+        n_dev = min(len(self._devices), len(prompt_ids))
+        per_device = -(-len(prompt_ids) // n_dev)
+        rows = list(prompt_ids) + [[self.tokenizer.eos_id]] * (n_dev * per_device - len(prompt_ids))
+        tokens, mask = left_pad(rows, self.tokenizer.pad_id, width)
+        shape = (n_dev, per_device, width)
+        out, lengths = self._decode_fn(cfg, n_dev)(
+            self._params_on(n_dev),
+            tokens.reshape(shape),
+            mask.reshape(shape),
+            jax.random.split(jax.random.PRNGKey(seed), n_dev),
+        )
+        out = np.asarray(out).reshape(n_dev * per_device, -1)
+        lengths = np.asarray(lengths).reshape(-1)
+        result = []
+        for row, n in zip(out[: len(prompt_ids)], lengths[: len(prompt_ids)], strict=True):
+            ids = row[:n].tolist()
+            if ids and ids[-1] == self.tokenizer.eos_id:
+                ids = ids[:-1]
+            result.append(ids)
+        return result
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        seed: int = 0,
+    ) -> list[str]:
+        """Completions of `prompts` (without the prompt text)."""
+        cfg = DecodeConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            eos_id=self.tokenizer.eos_id,
+            pad_id=self.tokenizer.pad_id,
+        )
+        ids = self.generate_ids(self.encode_prompts(prompts), cfg, seed)
+        return [self.tokenizer.decode(row) for row in ids]
+
+    def _params_on(self, n_dev: int) -> Any:
+        """The parameters on the first n_dev devices, copied there once."""
+        if self._replicated is None or self._replicated[0] != n_dev:
+            self._replicated = (n_dev, parallel.replicate(self.params, self._devices[:n_dev]))
+        return self._replicated[1]
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - one Generator per model; few settings.
+    def _decode_fn(self, cfg: DecodeConfig, n_dev: int) -> Any:
+        prefill, step = self.decode_fns(self.model, cfg.max_new_tokens)
+
+        def run(params, tokens, mask, rng):
+            if cfg.num_beams > 1:
+                best, lengths, _ = beam_search(prefill, step, params, tokens, mask, cfg)
+                return best, lengths
+            return sample(prefill, step, params, tokens, mask, rng, cfg)
+
+        if n_dev == 1:  # Plain jit: also right for one process of a multi-host run.
+            jitted = jax.jit(run)
+            return lambda p, t, m, r: jax.tree.map(
+                lambda x: x[None], jitted(jax.tree.map(lambda x: x[0], p), t[0], m[0], r[0])
+            )
+        return jax.pmap(run, devices=self._devices[:n_dev])
