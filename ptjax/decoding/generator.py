@@ -21,7 +21,6 @@ import numpy as np
 from ptjax import models
 from ptjax.data.tokenizer import Tokenizer, check_vocab
 from ptjax.decoding.search import DecodeConfig, beam_search, sample
-from ptjax.models import gpt
 from ptjax.train import parallel
 from ptjax.train.checkpoint import restore_params
 
@@ -56,11 +55,11 @@ class Generator:
         model: Any,
         params: Any,
         tokenizer: Tokenizer,
-        decode_fns: Any = None,
+        family: models.ModelFamily | None = None,
         devices: Sequence[Any] | None = None,
     ):
         self.model = model
-        self.decode_fns = decode_fns or gpt.decode_fns
+        self.family = family or models.MODELS["gpt"]
         self.tokenizer = tokenizer
         self.params = params
         check_vocab(tokenizer, model.config.vocab_size)
@@ -87,7 +86,7 @@ class Generator:
             lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, dummy)["params"]
         )
         params = restore_params(checkpoint or workdir, abstract)
-        return cls(model, params, tokenizer, family.decode_fns)
+        return cls(model, params, tokenizer, family)
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         """Each prompt as a new document: EOS (the document separator) then its pieces."""
@@ -163,9 +162,10 @@ class Generator:
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one Generator per model; few settings.
     def _decode_fn(self, cfg: DecodeConfig, n_dev: int) -> Any:
-        prefill, step = self.decode_fns(self.model, cfg.max_new_tokens)
+        prefill, step = self.family.decode_fns(self.model, cfg.max_new_tokens)
 
         def run(params, tokens, mask, rng):
+            params = self.family.decode_params(params)
             if cfg.num_beams > 1:
                 best, lengths, _ = beam_search(prefill, step, params, tokens, mask, cfg)
                 return best, lengths

@@ -9,7 +9,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from ptjax.models import gpt
+from ptjax.models import bert, gpt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +22,8 @@ class ModelFamily:
     flops_per_token: Callable[[Any, int], float]
     # (model, max_new_tokens) -> (prefill, step) for ptjax.decoding; None if it cannot decode.
     decode_fns: Callable[[Any, int], tuple[Callable, Callable]] | None = None
+    # params -> what prefill/step take (e.g. with the output table transposed once per call).
+    decode_params: Callable[[Any], Any] = lambda params: params
 
     def make_config(self, config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Any:
         """The model's hyper-parameters: the named size, then the run config's overrides."""
@@ -66,6 +68,13 @@ MODELS: dict[str, ModelFamily] = {
         sizes=gpt.SIZES,
         flops_per_token=gpt.flops_per_token,
         decode_fns=gpt.decode_fns,
+        decode_params=gpt.prepare_decode_params,
+    ),
+    "bert": ModelFamily(
+        module=bert.BertForPretraining,
+        config_class=bert.BertConfig,
+        sizes=bert.SIZES,
+        flops_per_token=bert.flops_per_token,
     ),
 }
 

@@ -270,9 +270,7 @@ def train_and_evaluate(
         from ptjax.decoding.generator import Generator
 
         # One local device and plain jit: process 0 samples alone, without collectives.
-        generator = Generator(
-            model, None, tokenizer, family.decode_fns, devices=jax.local_devices()[:1]
-        )
+        generator = Generator(model, None, tokenizer, family, devices=jax.local_devices()[:1])
 
     history: list[dict[str, Any]] = []
     progress = metrics_lib.Progress(start_step, config.total_steps)
