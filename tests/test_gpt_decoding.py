@@ -29,17 +29,19 @@ def model_and_params():
     return model, params
 
 
-def test_cached_logits_equal_full_recomputation(model_and_params):
+@pytest.mark.parametrize("prepared", [False, True], ids=["params", "decode_params"])
+def test_cached_logits_equal_full_recomputation(model_and_params, prepared):
     model, params = model_and_params
     rng = np.random.default_rng(0)
     seq = jnp.asarray(rng.integers(2, VOCAB, (2, 20)), jnp.int32)
     full = model.apply({"params": params}, seq)  # [2, 20, vocab]
     prefill, step = gpt.decode_fns(model, max_new_tokens=12)
     prompt = seq[:, :8]
-    logits, cache = prefill(params, prompt, jnp.ones_like(prompt, bool))
+    decode_params = gpt.prepare_decode_params(params) if prepared else params
+    logits, cache = prefill(decode_params, prompt, jnp.ones_like(prompt, bool))
     np.testing.assert_allclose(logits, full[:, 7], atol=1e-5, rtol=1e-5)
     for t in range(8, 20):
-        logits, cache = step(params, seq[:, t], cache)
+        logits, cache = step(decode_params, seq[:, t], cache)
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5, rtol=1e-5)
 
 
