@@ -86,6 +86,14 @@ class Tokenizer:
     def bos_id(self) -> int:
         return BOS_ID
 
+    def piece_to_id(self, piece: str) -> int:
+        """Id of a vocabulary piece (e.g. '[MASK]'); unknown pieces give UNK_ID."""
+        return self._sp.piece_to_id(piece)
+
+    def id_to_piece(self, token_id: int) -> str:
+        """The vocabulary piece of an id; word-initial pieces start with '\u2581'."""
+        return self._sp.id_to_piece(int(token_id))
+
     def encode(self, text: str | bytes) -> list[int]:
         """Token ids of one text, without eos/bos."""
         return self._sp.encode(text, out_type=int)
@@ -130,12 +138,15 @@ def train_tokenizer(
     vocab_size: int,
     model_type: str = "unigram",
     max_sentences: int = 200_000,
+    control_symbols: Sequence[str] = (),
 ) -> Tokenizer:
     """Trains a SentencePiece model on the first `max_sentences` texts and writes `output_path`.
 
     Texts are split into lines (SentencePiece's "sentences"). Normalisation is the identity with
     whitespace kept and byte fallback on, so decode(encode(text)) == text for any text. Training
-    is deterministic: the same texts give the same bytes. The file is written under a temporary
+    is deterministic: the same texts give the same bytes. `control_symbols` (e.g. BERT's
+    ('[CLS]', '[SEP]', '[MASK]')) get the ids right after bos, 4, 5, ..., in order; encode never
+    emits them, even for the same characters in a text. The file is written under a temporary
     name and then linked into place; an existing `output_path` is never overwritten.
     """
     output_path = os.fspath(output_path)
@@ -143,9 +154,11 @@ def train_tokenizer(
         raise ValueError(f"train_tokenizer writes local files only; got {output_path!r}.")
     if model_type not in ("unigram", "bpe"):
         raise ValueError(f"model_type={model_type!r}; expected 'unigram' or 'bpe'.")
-    if vocab_size <= BOS_ID + 1 + 256:
+    control_symbols = list(control_symbols)
+    if vocab_size <= BOS_ID + 1 + len(control_symbols) + 256:
         raise ValueError(
-            f"vocab_size={vocab_size} is too small: 4 special ids + 256 byte pieces need > 260."
+            f"vocab_size={vocab_size} is too small: 4 special ids + {len(control_symbols)} control "
+            f"symbols + 256 byte pieces need > {BOS_ID + 1 + len(control_symbols) + 256}."
         )
     if max_sentences <= 0:
         raise ValueError(f"max_sentences={max_sentences} must be positive.")
@@ -166,6 +179,7 @@ def train_tokenizer(
             unk_id=UNK_ID,
             bos_id=BOS_ID,
             byte_fallback=True,
+            control_symbols=control_symbols,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             input_sentence_size=0,  # Use every sentence given (we cap them), so no random sampling.

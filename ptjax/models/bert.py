@@ -29,7 +29,7 @@ state dict (arrays, any of `BertModel`, `BertForPreTraining`, `BertForMaskedLM`,
 |   (top level, not under bert/)                     |                                             |
 | cls.predictions.transform.LayerNorm.*              | mlm/transform_ln/{scale,bias}               |
 | cls.predictions.bias [V]                           | mlm/output_bias                             |
-| cls.predictions.decoder.weight                     | tied: bert/embeddings/word_embeddings       |
+| cls.predictions.decoder.{weight,bias}              | tied: word_embeddings, mlm/output_bias      |
 | classifier.{weight,bias}                           | classification/classifier/{kernel,bias}     |
 | qa_outputs.{weight,bias}                           | span/qa_outputs/{kernel,bias}               |
 | cls.seq_relationship.* (next-sentence prediction)  | not used (RoBERTa showed NSP unnecessary)   |

@@ -1,0 +1,1 @@
+"""Evaluation metrics that are not a training loss: classification scores, SQuAD EM/F1."""
