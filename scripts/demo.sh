@@ -5,15 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workdir="${1:-runs/gpt_tiny_demo}"
-venv="${PTJAX_VENV:-.venv}"
-python="${PYTHON:-python3}"
-if [[ ! -x "$venv/bin/python" ]]; then
-  "$python" -m venv "$venv"
-fi
-# shellcheck disable=SC1091
-source "$venv/bin/activate"
-python -m pip install -q --upgrade pip
-python -m pip install -q -e . --config-settings editable_mode=compat
+source scripts/venv.sh
 # The bundled corpus is prepared once into the workdir's sibling data directory.
 export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$(dirname "$workdir")/tfds}"
 python scripts/train.py --config=configs/gpt_tiny.py --workdir="$workdir" --alsologtostderr
