@@ -3,8 +3,9 @@
 #   bash scripts/demo.sh [WORKDIR]      (default: runs/gpt_tiny_demo)
 # Run it again with the same WORKDIR and it resumes (or reports that the run is complete).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-workdir="${1:-runs/gpt_tiny_demo}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+workdir="$(realpath -m "${1:-$repo/runs/gpt_tiny_demo}")"  # Relative to where it was called.
+cd "$repo"
 source scripts/venv.sh
 # The bundled corpus is prepared once into the workdir's sibling data directory.
 export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$(dirname "$workdir")/tfds}"
