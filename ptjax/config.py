@@ -8,6 +8,7 @@ written, and names the offending key in its error.
 from __future__ import annotations
 
 import difflib
+import math
 
 import ml_collections
 
@@ -80,6 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_checkpoint = ""  # A checkpoint directory to start from when the workdir has none.
     c.parallelism = ml_collections.ConfigDict()
     c.parallelism.mode = "pmap"
+
+    # Reliability.
+    # A step whose loss or gradients are NaN/inf never changes the parameters; 'stop' then ends
+    # the run at the next log interval naming the step, 'skip' goes on and logs
+    # train/skipped_steps.
+    c.nonfinite_policy = "stop"
+    # Multi-process runs: steps between agreements on a SIGTERM/SIGINT stop (one tiny
+    # collective each); a single process checks every step for free.
+    c.preemption_sync_every_steps = 10
     return c
 
 
@@ -90,21 +100,49 @@ _CHOICES = {
     "tokenizer.model_type": ("unigram", "bpe"),
     "optimizer.schedule": ("cosine", "linear", "constant"),
     "parallelism.mode": ("pmap",),
+    "nonfinite_policy": ("stop", "skip"),
 }
 
-_POSITIVE = (
-    "seq_len",
-    "total_steps",
-    "per_device_batch_size",
-    "log_every_steps",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "tokenizer.vocab_size",
-    "tokenizer.max_sentences",
-    "dataset.shuffle_buffer",
-    "sample_max_new_tokens",
-)
+_INT_MAX = 2**31 - 1  # Steps, sizes and ids are int32 on the device.
+# Valid ranges of numeric keys: (low, high) and which ends are included; floats must be finite.
+_RANGES = {
+    "seed": (0, _INT_MAX, "[]"),
+    "seq_len": (1, _INT_MAX, "[]"),
+    "total_steps": (1, _INT_MAX, "[]"),
+    "per_device_batch_size": (1, _INT_MAX, "[]"),
+    "log_every_steps": (1, _INT_MAX, "[]"),
+    "eval_every_steps": (1, _INT_MAX, "[]"),
+    "checkpoint_every_steps": (1, _INT_MAX, "[]"),
+    "keep_checkpoints": (1, _INT_MAX, "[]"),
+    "sample_every_steps": (0, _INT_MAX, "[]"),
+    "sample_max_new_tokens": (1, _INT_MAX, "[]"),
+    "preemption_sync_every_steps": (1, _INT_MAX, "[]"),
+    "model.vocab_size": (0, _INT_MAX, "[]"),
+    "model.max_len": (0, _INT_MAX, "[]"),
+    "dataset.shuffle_buffer": (1, _INT_MAX, "[]"),
+    "dataset.max_eval_batches": (0, _INT_MAX, "[]"),
+    "tokenizer.vocab_size": (261, _INT_MAX, "[]"),  # > 4 special ids + 256 byte pieces.
+    "tokenizer.max_sentences": (1, _INT_MAX, "[]"),
+    "optimizer.learning_rate": (0.0, math.inf, "()"),
+    "optimizer.warmup_steps": (0, _INT_MAX, "[]"),
+    "optimizer.end_learning_rate_fraction": (0.0, 1.0, "[]"),
+    "optimizer.b1": (0.0, 1.0, "[)"),
+    "optimizer.b2": (0.0, 1.0, "[)"),
+    "optimizer.eps": (0.0, math.inf, "()"),
+    "optimizer.weight_decay": (0.0, math.inf, "[)"),
+    "optimizer.grad_clip_norm": (0.0, math.inf, "[)"),
+}
+
+
+def _check_range(key: str, value: float, bounds: tuple) -> None:
+    """Raises ConfigError naming `key` and its valid range when `value` lies outside it."""
+    low, high, ends = bounds
+    above = low <= value if ends[0] == "[" else low < value
+    below = value <= high if ends[1] == "]" else value < high
+    if not (math.isfinite(value) and above and below):
+        raise ConfigError(
+            f"Config key {key!r} is {value!r}; it must lie in {ends[0]}{low}, {high}{ends[1]}."
+        )
 
 
 def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
@@ -155,9 +193,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, choices in _CHOICES.items():
         if given[key] not in choices:
             raise ConfigError(f"Config key {key!r} is {given[key]!r}; expected one of {choices}.")
-    for key in _POSITIVE:
-        if given[key] <= 0:
-            raise ConfigError(f"Config key {key!r} must be positive, got {given[key]!r}.")
+    for key, bounds in _RANGES.items():
+        _check_range(key, given[key], bounds)
+    for key, value in given.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"Config key {key!r} is {value!r}; it must be a finite number.")
+    if not (config.model.dropout_rate == -1.0 or 0.0 <= config.model.dropout_rate < 1.0):
+        raise ConfigError(
+            f"Config key model.dropout_rate={config.model.dropout_rate!r} must be -1 (the size's "
+            "value) or lie in [0, 1)."
+        )
     if config.task not in tasks.TASKS:
         raise ConfigError(f"Config key task={config.task!r}; known tasks: {sorted(tasks.TASKS)}.")
     family = models.MODELS.get(config.model.family)
@@ -170,19 +215,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"Config key model.size={config.model.size!r} for family {config.model.family!r}; "
             f"known sizes: {sorted(family.sizes)}."
         )
-    if config.sample_every_steps < 0:
-        raise ConfigError(
-            f"Config key sample_every_steps={config.sample_every_steps} must be >= 0."
-        )
     if not all(isinstance(p, str) for p in config.sample_prompts):
         raise ConfigError("Config key sample_prompts must be a tuple of strings.")
     if not 0.0 <= config.optimizer.end_learning_rate_fraction <= 1.0:
         raise ConfigError("Config key optimizer.end_learning_rate_fraction must lie in [0, 1].")
-    if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps > config.total_steps:
+    if config.optimizer.warmup_steps > config.total_steps:
         raise ConfigError(
             f"Config key optimizer.warmup_steps={config.optimizer.warmup_steps} must lie in "
             f"[0, total_steps={config.total_steps}]."
         )
     if config.dataset.name == "text_files" and not config.dataset.train_files:
         raise ConfigError("dataset.name='text_files' needs dataset.train_files (paths or globs).")
+    task = tasks.TASKS[config.task]
+    if config.model.family not in task.families:
+        raise ConfigError(
+            f"Config key model.family={config.model.family!r} cannot run task={config.task!r}; "
+            f"that task takes {', '.join(task.families)}."
+        )
     family.validate(config)
+    max_len = family.make_config(config).max_len
+    if config.sample_every_steps and config.sample_max_new_tokens >= max_len:
+        raise ConfigError(
+            f"Config key sample_max_new_tokens={config.sample_max_new_tokens} must lie in "
+            f"[1, {max_len - 1}]: a sample (prompt included) fits the model's max_len={max_len}."
+        )

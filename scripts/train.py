@@ -1,6 +1,7 @@
 """Trains (or resumes) a model: python scripts/train.py --config=configs/gpt_tiny.py --workdir=DIR.
 
 Any config field can be overridden: --config.total_steps=100 --config.optimizer.learning_rate=1e-3.
+SIGTERM or Ctrl-C saves a checkpoint after the current step and exits 0; rerun to resume.
 """
 
 import sys
@@ -30,6 +31,11 @@ def main(argv):
     except trainer.USER_ERRORS as e:  # A mistake in the flags, config, data or workdir.
         logging.error("%s: %s", type(e).__name__, e)
         sys.exit(2)
+    except KeyboardInterrupt:  # A second Ctrl-C: stop without waiting for a checkpoint.
+        logging.error("Interrupted; the run resumes from its last complete checkpoint.")
+        sys.exit(130)
+    if result["preempted"]:  # SIGTERM/SIGINT: a checkpoint was saved; exit 0 for schedulers.
+        return
     logging.info("Done at step %d: %s", result["step"], result["eval"])
     print(f"tensorboard --logdir {FLAGS.workdir}")
 

@@ -57,6 +57,7 @@ def _valid():
         (lambda c: setattr(c, "per_device_batch_size", -1), "per_device_batch_size"),
         (lambda c: setattr(c.model, "family", "rnn"), "model.family"),
         (lambda c: setattr(c.model, "size", "huge"), "model.size"),
+        (lambda c: setattr(c.model, "family", "bert"), "cannot run task"),
         (lambda c: setattr(c, "task", "dance"), "task"),
         (lambda c: setattr(c.optimizer, "schedule", "step"), "optimizer.schedule"),
         (lambda c: setattr(c, "seq_len", 4096), "seq_len"),

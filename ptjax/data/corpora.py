@@ -24,12 +24,19 @@ tf = import_tf()
 import tensorflow_datasets as tfds  # noqa: E402  (after import_tf: TF must be set up first)
 
 LOCAL_DATASETS = ("ptjax_bible", "text_files")
+# A text_files document (line or file) longer than this is skipped, counted and logged with its
+# file and line: an enormous line is almost always a dump or a missing newline, not prose.
+MAX_DOCUMENT_BYTES = 16 << 20
 VERSES_PER_PASSAGE = 8
 HOLDOUT_EVERY = 20  # Document i is held out for validation when i % 20 == 19 (5%).
 _TEXT_FEATURES = {"text": tfds.features.Text()}
 _DOWNLOAD_CONFIG = tfds.download.DownloadConfig(
     compute_stats=tfds.download.ComputeStatsMode.SKIP, try_download_gcs=False
 )
+
+
+class DataError(ValueError):
+    """Data that cannot be used as configured; the message names the file, line or key."""
 
 
 def _is_holdout(index: int) -> bool:
@@ -137,29 +144,70 @@ def _decode(data: bytes, path: str, line_number: int) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = line_number + data.count(b"\n", 0, e.start)
-        raise ValueError(
+        raise DataError(
             f"{path}:{line}: invalid UTF-8 byte {data[e.start : e.start + 1]!r}; text_files reads "
             "UTF-8 only, re-encode the file (e.g. `iconv -t UTF-8`)."
         ) from None
 
 
+def _too_long(path: str, line_number: int, too_long: list[int]) -> None:
+    too_long[0] += 1
+    if too_long[0] <= 10:
+        logging.warning(
+            "%s:%d: skipped a document of more than %d bytes (MAX_DOCUMENT_BYTES).",
+            path,
+            line_number,
+            MAX_DOCUMENT_BYTES,
+        )
+
+
+def _lines(f, limit: int) -> Iterator[bytes | None]:
+    """Lines of a binary file; None for a line of more than `limit` bytes, whose rest is read
+    and dropped in bounded chunks (a gigabyte without a newline never sits in memory)."""
+    while raw := f.readline(limit + 3):  # Room for the content, "\r\n" and one byte more.
+        if len(raw) == limit + 3 and not raw.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+        elif len(raw.rstrip(b"\r\n")) > limit:
+            yield None
+        else:
+            yield raw
+
+
 def read_documents(
-    paths: Sequence[str], document_per: str, empty: list[int] | None = None
+    paths: Sequence[str],
+    document_per: str,
+    empty: list[int] | None = None,
+    too_long: list[int] | None = None,
 ) -> Iterator[str]:
-    """Documents of local text files (one per non-empty line, or per file); counts skipped ones."""
+    """Documents of local text files (one per non-empty line, or per file).
+
+    Empty documents and ones over MAX_DOCUMENT_BYTES are skipped and counted in `empty` and
+    `too_long`; invalid UTF-8 raises DataError naming the file and line.
+    """
     if document_per not in ("line", "file"):
-        raise ValueError(f"dataset.document_per={document_per!r}; expected 'line' or 'file'.")
+        raise DataError(f"dataset.document_per={document_per!r}; expected 'line' or 'file'.")
     empty = empty if empty is not None else [0]
+    too_long = too_long if too_long is not None else [0]
+    limit = MAX_DOCUMENT_BYTES
     for path in paths:
         with _open(path) as f:
             if document_per == "file":
-                text = _decode(f.read(), path, 1).removeprefix("\ufeff").rstrip("\r\n")
+                data = f.read(limit + 1)
+                if len(data) > limit:
+                    _too_long(path, 1, too_long)
+                    continue
+                text = _decode(data, path, 1).removeprefix("\ufeff").rstrip("\r\n")
                 if text.strip():
                     yield text
                 else:
                     empty[0] += 1
                 continue
-            for line_number, raw in enumerate(f, start=1):
+            for line_number, raw in enumerate(_lines(f, limit), start=1):
+                if raw is None:
+                    _too_long(path, line_number, too_long)
+                    continue
                 text = _decode(raw, path, line_number).rstrip("\r\n")
                 if line_number == 1:
                     text = text.removeprefix("\ufeff")
@@ -190,10 +238,10 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
         **kwargs,
     ):
         if document_per not in ("line", "file"):
-            raise ValueError(f"dataset.document_per={document_per!r}; expected 'line' or 'file'.")
+            raise DataError(f"dataset.document_per={document_per!r}; expected 'line' or 'file'.")
         train_patterns = _as_list(train_files)
         if not train_patterns:
-            raise ValueError("dataset.train_files is empty; give paths or globs of text files.")
+            raise DataError("dataset.train_files is empty; give paths or globs of text files.")
         self._train_patterns = train_patterns
         self._eval_patterns = _as_list(eval_files)
         self._train_paths = _resolve(train_patterns, "train_files")
@@ -231,27 +279,41 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
-    def _count(self, paths: Sequence[str], key: str, patterns: Sequence[str]) -> tuple[int, int]:
-        """(documents, skipped empty ones); validates UTF-8 before anything is written."""
-        empty = [0]
-        count = sum(1 for _ in read_documents(paths, self._document_per, empty))
+    def _count(
+        self, paths: Sequence[str], key: str, patterns: Sequence[str]
+    ) -> tuple[int, int, int]:
+        """(documents, skipped empty ones, skipped too long ones); validates UTF-8 before
+        anything is written."""
+        empty, too_long = [0], [0]
+        count = sum(1 for _ in read_documents(paths, self._document_per, empty, too_long))
         if count == 0:
-            raise ValueError(
+            raise DataError(
                 f"dataset.{key}={','.join(patterns)!r}: no non-empty documents "
-                f"(document_per={self._document_per!r}, {empty[0]} empty skipped) in {paths}."
+                f"(document_per={self._document_per!r}; {empty[0]} empty and {too_long[0]} over "
+                f"{MAX_DOCUMENT_BYTES} bytes skipped) in {paths}."
             )
-        return count, empty[0]
+        return count, empty[0], too_long[0]
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         del dl_manager  # Local files only.
-        num_train, empty_train = self._count(self._train_paths, "train_files", self._train_patterns)
-        skipped = {"train_files": empty_train}
+        num_train, *train_skipped = self._count(
+            self._train_paths, "train_files", self._train_patterns
+        )
+        counts = {"train_files": train_skipped}
         if self._eval_paths:
-            _, skipped["eval_files"] = self._count(
+            _, *counts["eval_files"] = self._count(
                 self._eval_paths, "eval_files", self._eval_patterns
             )
-        logging.info("text_files: skipped empty documents (lines or files): %s", skipped)
+        skipped = {key: empty for key, (empty, _) in counts.items()}
+        too_long = {key: long for key, (_, long) in counts.items()}
+        logging.info(
+            "text_files: skipped empty documents %s and documents over %d bytes %s",
+            skipped,
+            MAX_DOCUMENT_BYTES,
+            too_long,
+        )
         self.info.metadata["empty_documents_skipped"] = skipped
+        self.info.metadata["too_long_documents_skipped"] = too_long
         if self._eval_paths:
             return {
                 "train": self._generate_examples(self._train_paths, "all", num_train),
@@ -290,7 +352,7 @@ def get_builder(
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as e:
-            raise ValueError(
+            raise DataError(
                 f"dataset.name={name!r} is not 'ptjax_bible', 'text_files' or a TFDS catalogue "
                 "name (see https://www.tensorflow.org/datasets/catalog)."
             ) from e
@@ -310,7 +372,7 @@ def split_num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
     try:
         return builder.info.splits[split].num_examples
     except (KeyError, ValueError) as e:
-        raise ValueError(
+        raise DataError(
             f"Dataset {builder.name!r} has no split {split!r}; its splits are "
             f"{sorted(builder.info.splits)}. Set dataset.train_split / dataset.eval_split."
         ) from e
@@ -341,11 +403,11 @@ def load_texts(
     builder = get_builder(config_dataset, data_dir=data_dir)
     name = config_dataset.name
     if split_num_examples(builder, split) == 0:
-        raise ValueError(f"Split {split!r} of dataset {name!r} has no documents.")
+        raise DataError(f"Split {split!r} of dataset {name!r} has no documents.")
     text_key = "text" if name in LOCAL_DATASETS else config_dataset.text_key
     features = builder.info.features
     if text_key not in features:
-        raise ValueError(
+        raise DataError(
             f"dataset.text_key={text_key!r} is not a feature of {name!r}; "
             f"features: {sorted(features.keys())}."
         )

@@ -21,6 +21,7 @@ class Task(Protocol):
     """
 
     name: str
+    families: tuple[str, ...]  # Model families (keys of ptjax.models.MODELS) it can train.
 
     def train_batches(
         self,

@@ -13,6 +13,7 @@ import optax
 
 class CausalLM:
     name = "causal_lm"
+    families = ("gpt",)
 
     def train_batches(self, config, tokenizer, **kwargs) -> Any:
         from ptjax.data import pipeline  # tf.data only where batches are made.

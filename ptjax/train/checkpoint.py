@@ -1,7 +1,14 @@
 """Orbax checkpoints: the train state plus each process's input-pipeline position.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data}. A step directory appears only once Orbax has
-committed it, so a run killed mid-save leaves the previous checkpoints as they were.
+Layout: WORKDIR/checkpoints/<step>/{state, data}. Orbax writes a step into
+`<step>.orbax-checkpoint-tmp` and renames it when complete, so a run killed mid-save leaves the
+previous checkpoints as they were; the next writable Checkpointer deletes such temporary
+directories (and nothing else).
+
+A newest checkpoint that cannot be read (a truncated or deleted file) is never deleted:
+`restore_latest` warns, falls back to the newest readable one and renames the unreadable ones to
+`<step>.unreadable-<time>`, so the run can save that step again and the damaged files stay for
+inspection. A checkpoint of another model shape is refused, naming the parameters.
 
 Resume order (trainer.py): this workdir's latest checkpoint, then `init_checkpoint`
 (parameters only, restored into the new model), then a fresh initialisation.
@@ -11,13 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 
 class CheckpointMismatchError(ValueError):
@@ -102,12 +112,17 @@ def _flat(tree: Any) -> dict:
 class Checkpointer:
     """A CheckpointManager over WORKDIR/checkpoints with keep-N and async saves."""
 
-    def __init__(self, directory: str, *, keep: int, create: bool = True):
+    def __init__(self, directory: str, *, keep: int, read_only: bool = False):
+        """`read_only` opens an existing directory for the checks before a run writes anything
+        (nothing is saved through it); otherwise the directory is created and the temporary
+        directories of saves that were killed are removed."""
         self.directory = epath.Path(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataIteratorHandler()},
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only
+            ),
         )
 
     def latest_step(self) -> int | None:
@@ -152,6 +167,70 @@ class Checkpointer:
         )
         return restored["state"]
 
+    def newest_compatible(self, abstract_state: Any) -> int | None:
+        """The newest step whose metadata reads and fits the model (checked before any write).
+
+        Unreadable newer steps are skipped with a warning; none readable raises
+        CorruptCheckpointError, a shape mismatch CheckpointMismatchError; no steps: None.
+        """
+        problems = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self.check_compatible(step, abstract_state)
+            except (CorruptCheckpointError, FileNotFoundError) as e:
+                problems.append(f"step {step}: {e}")
+                logging.warning("Checkpoint step %d is unreadable; trying an older one.", step)
+                continue
+            return step
+        if problems:
+            raise self._none_readable(problems)
+        return None
+
+    def restore_latest(self, abstract_state: Any, iterator: Any) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint every process can read, or None if none exist.
+
+        Newer unreadable steps are renamed to `<step>.unreadable-<time>` (kept, never deleted)
+        with a warning; if no step is readable, CorruptCheckpointError lists why.
+        """
+        unreadable: dict[int, str] = {}
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, error = self.restore(step, abstract_state, iterator), None
+            except (CorruptCheckpointError, FileNotFoundError) as e:
+                state, error = None, str(e)
+            if _everywhere(error is None):
+                if unreadable:
+                    self._set_aside(unreadable, step)
+                return step, state
+            unreadable[step] = error or "unreadable on another process"
+        if unreadable:
+            raise self._none_readable([f"step {s}: {e}" for s, e in unreadable.items()])
+        return None
+
+    def _none_readable(self, problems: list[str]) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"No checkpoint in {self.directory} can be read; nothing was changed. Restore the "
+            "files, or move the step directories away to start over:\n  " + "\n  ".join(problems)
+        )
+
+    def _set_aside(self, unreadable: dict[int, str], restored: int) -> None:
+        """Renames unreadable steps out of Orbax's sight: kept for inspection, never overwritten."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for step, error in unreadable.items():
+            target = self.directory / f"{step}.unreadable-{stamp}"
+            logging.warning(
+                "Checkpoint %s is unreadable (%s); resumed from step %d instead. Its files are "
+                "kept as %s (delete them when done).",
+                self.directory / str(step),
+                error,
+                restored,
+                target,
+            )
+            if jax.process_index() == 0:
+                (self.directory / str(step)).rename(target)
+        multihost_utils.sync_global_devices("ptjax unreadable checkpoints set aside")
+        self._manager.reload()
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
@@ -187,3 +266,10 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     # keep its parameters.
     full = _read(root, ocp.Checkpointer(handler).restore, root / "state")
     return jax.tree.map(np.asarray, full["params"])
+
+
+def _everywhere(ok: bool) -> bool:
+    """Whether `ok` holds on every process (one tiny collective in multi-process runs)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))

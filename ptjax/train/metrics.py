@@ -49,20 +49,54 @@ def write_config(writer: metric_writers.MetricWriter, config: ml_collections.Con
 
 
 def summarize_train(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Metrics of a log interval from per-step device metrics fetched in one transfer."""
+    """Metrics of a log interval from per-step device metrics fetched in one transfer.
+
+    Steps whose loss or gradients were not finite (their update was not applied) are left out
+    of the means and counted in `nonfinite_steps`; `first_nonfinite` is the index of the first
+    such step in `history`, or -1.
+    """
     host = jax.device_get(history)  # One device-to-host transfer for the whole interval.
     first = [jax.tree.map(lambda x: float(np.asarray(x).reshape(-1)[0]), m) for m in host]
-    weight = sum(m["weight"] for m in first)
+    bad = [i for i, m in enumerate(first) if m["nonfinite"]]
+    good = [m for m in first if not m["nonfinite"]]
+    weight = sum(m["weight"] for m in good)
     return {
-        "loss": float(np.mean([m["loss"] for m in first])),
-        "accuracy": sum(m["correct"] for m in first) / max(weight, 1.0),
-        "grad_norm": float(np.mean([m["grad_norm"] for m in first])),
+        "loss": float(np.mean([m["loss"] for m in good])) if good else math.nan,
+        "accuracy": sum(m["correct"] for m in good) / max(weight, 1.0),
+        "grad_norm": float(np.mean([m["grad_norm"] for m in good])) if good else math.nan,
         "learning_rate": first[-1]["learning_rate"],
         "tokens": weight,
+        "nonfinite_steps": float(len(bad)),
+        "first_nonfinite": float(bad[0] if bad else -1),
     }
 
 
+def first_nonfinite(history: list[dict[str, Any]]) -> int:
+    """Index in `history` of the first step with a non-finite loss or gradient, or -1.
+
+    Fetches one flag per step: for the check before a checkpoint between log intervals.
+    """
+    flags = jax.device_get([m["nonfinite"] for m in history])
+    bad = [i for i, f in enumerate(flags) if np.asarray(f).reshape(-1)[0]]
+    return bad[0] if bad else -1
+
+
+def nonfinite_error(step: int, last_checkpoint: int | None, where: str) -> NonFiniteLossError:
+    """The error of nonfinite_policy='stop': names the first bad step and the last good save."""
+    saved = (
+        f"the last good checkpoint is step {last_checkpoint} in {where}"
+        if last_checkpoint is not None
+        else "no checkpoint was written yet"
+    )
+    return NonFiniteLossError(
+        f"The loss or the gradients became NaN or infinite at step {step}; {saved}, and no "
+        "checkpoint was written after the bad step. Lower the learning rate or check the data, "
+        "or set --config.nonfinite_policy=skip to skip such updates."
+    )
+
+
 def check_finite(loss: float, step: int, last_checkpoint: int | None) -> None:
+    """Raises NonFiniteLossError if a logged loss is NaN or infinite."""
     if not math.isfinite(loss):
         where = (
             f"the last checkpoint is step {last_checkpoint}"

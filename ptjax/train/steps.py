@@ -32,7 +32,10 @@ def train_step(
     schedule: optax.Schedule,
     axis_name: str,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW update on the global mean token loss; returns (new state, metrics)."""
+    """One AdamW update on the global mean token loss; returns (new state, metrics).
+
+    The step counter advances even when a non-finite step's update is skipped.
+    """
     rng = step_rng(state.rng, state.step, axis_name)
     # The token count over all devices: local sums divided by it are shares of the global mean.
     total_weight = jnp.maximum(jax.lax.psum(jnp.sum(batch["weights"]), axis_name), 1.0)
@@ -44,12 +47,24 @@ def train_step(
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.psum(grads, axis_name)
     sums = jax.lax.psum(sums, axis_name)
+    loss = jax.lax.psum(loss, axis_name)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A NaN/inf loss or gradient leaves parameters and optimizer state as they were. The flag is
+    # a metric, read by the host once per log interval (no per-step sync); the host then stops
+    # or counts the skip (config.nonfinite_policy). Same value on every device: both are psums.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, opt_state),
+        (state.params, state.opt_state),
+    )
     metrics = {
-        "loss": jax.lax.psum(loss, axis_name),
-        "grad_norm": optax.global_norm(grads),
+        "loss": loss,
+        "grad_norm": grad_norm,
         "learning_rate": schedule(state.step),
+        "nonfinite": (~finite).astype(jnp.float32),
         **sums,
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -1,11 +1,14 @@
 """The shared training loop: `train_and_evaluate(config, workdir)` for every task and model.
 
-Every check that can fail (config, workdir, tokenizer, checkpoint shapes) runs before the first
-write into the workdir, so a mistake never changes an existing run.
+Every check that can fail (config, workdir, run lock, tokenizer, checkpoint shapes, data) runs
+before the first write into the workdir, so a mistake never changes an existing run. While it
+writes, the run holds WORKDIR/run.lock; SIGTERM/SIGINT end it after the current step with a
+checkpoint; a NaN/inf step never updates the parameters (see config.nonfinite_policy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -22,8 +25,8 @@ from ptjax import config as config_lib
 from ptjax import models, tasks
 from ptjax.data import corpora
 from ptjax.data.tokenizer import Tokenizer, check_vocab, train_tokenizer
+from ptjax.train import lock, optim, parallel, preemption, steps
 from ptjax.train import metrics as metrics_lib
-from ptjax.train import optim, parallel, steps
 from ptjax.train.checkpoint import (
     Checkpointer,
     CheckpointMismatchError,
@@ -60,6 +63,8 @@ USER_ERRORS = (
     CorruptCheckpointError,
     FileNotFoundError,
     NotADirectoryError,
+    IsADirectoryError,
+    corpora.DataError,
     metrics_lib.NonFiniteLossError,
 )
 
@@ -96,7 +101,12 @@ def load_or_train_tokenizer(
 ) -> Tokenizer:
     """The configured tokenizer, the one cached in the workdir, or a new one trained there."""
     path = tokenizer_path(config, workdir)
-    if config.tokenizer.path or os.path.exists(path):
+    if config.tokenizer.path:
+        try:
+            return Tokenizer(path)
+        except (OSError, ValueError) as e:
+            raise config_lib.ConfigError(f"Config key tokenizer.path: {e}") from None
+    if os.path.exists(path):
         return Tokenizer(path)
     if jax.process_index() == 0:
         logging.info(
@@ -135,8 +145,9 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> N
                 return
         path = os.path.join(workdir, f"config.step_{step}.json")
         logging.info("The config differs from the one this run started with; saved as %s", path)
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:  # Then renamed: a kill never leaves half a file.
         f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def init_params(config: ml_collections.ConfigDict, model: Any, rng: jax.Array) -> Any:
@@ -178,55 +189,103 @@ def write_samples(
     return completions
 
 
+def _lock_workdir(workdir: str, cleanup: contextlib.ExitStack) -> None:
+    """Process 0 takes WORKDIR/run.lock until the run ends; every process learns if it could."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            cleanup.callback(lock.RunLock.acquire(workdir).release)
+        except lock.WorkdirBusyError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        locked = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not locked and error is None:
+            error = f"Process 0 could not lock --workdir={workdir!r}; see its log."
+    if error:
+        raise WorkdirError(error)
+
+
+def check_tokenizer_fits(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, model_config: Any
+) -> None:
+    """Config checks that need the tokenizer: vocabulary size and sample prompt lengths."""
+    try:
+        check_vocab(tokenizer, model_config.vocab_size)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"Config key model.vocab_size: {e}") from None
+    family = models.MODELS[config.model.family]
+    if config.sample_every_steps and family.decode_fns:
+        longest = 1 + max(len(ids) for ids in tokenizer.encode_batch(list(config.sample_prompts)))
+        if longest + config.sample_max_new_tokens > model_config.max_len:
+            raise config_lib.ConfigError(
+                f"Config keys sample_prompts / sample_max_new_tokens: a prompt of {longest} "
+                f"tokens plus {config.sample_max_new_tokens} new ones exceeds the model's "
+                f"max_len={model_config.max_len}; shorten the prompt or lower "
+                f"sample_max_new_tokens to at most {model_config.max_len - longest}."
+            )
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, stop_after_steps: int | None = None
 ) -> dict[str, Any]:
     """Trains (or resumes) the configured model in `workdir`; returns the last metrics.
 
     `stop_after_steps` ends this invocation early, with a checkpoint, after that many steps (a
-    later call resumes exactly); the schedule still follows config.total_steps.
+    later call resumes exactly); the schedule still follows config.total_steps. SIGTERM or
+    SIGINT does the same after the current step and sets result['preempted'].
     """
     config_lib.validate(config)
     resuming = check_workdir(workdir)
+    try:
+        lock.check_not_busy(workdir)
+    except lock.WorkdirBusyError as e:
+        raise WorkdirError(str(e)) from None
+    with contextlib.ExitStack() as cleanup:
+        return _train_and_evaluate(config, workdir, resuming, stop_after_steps, cleanup)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    resuming: bool,
+    stop_after_steps: int | None,
+    cleanup: contextlib.ExitStack,
+) -> dict[str, Any]:
     task = tasks.TASKS[config.task]
     data_dir = default_data_dir(config)
     num_devices = jax.local_device_count()
     global_batch = config.per_device_batch_size * jax.device_count()
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
 
+    # Read-only checks first: nothing is written into the workdir until they all pass (the
+    # tokenizer of a new workdir is the one exception, trained under the run lock).
     checkpointer = None
-    if resuming and os.path.isdir(os.path.join(workdir, "checkpoints")):
-        checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, create=False
-        )
-        if checkpointer.latest_step() is not None and not os.path.exists(
-            tokenizer_path(config, workdir)
-        ):
+    if resuming and os.path.isdir(checkpoint_dir):
+        checkpointer = Checkpointer(checkpoint_dir, keep=config.keep_checkpoints, read_only=True)
+        cleanup.callback(checkpointer.close)
+        if checkpointer.all_steps() and not os.path.exists(tokenizer_path(config, workdir)):
             raise WorkdirError(
                 f"{workdir} holds checkpoints but no tokenizer at "
                 f"{tokenizer_path(config, workdir)}; set tokenizer.path to the one it used."
             )
-
-    # Read-only checks first; the tokenizer is only trained if the workdir is new.
+    locked = False
+    if not config.tokenizer.path and not os.path.exists(tokenizer_path(config, workdir)):
+        _lock_workdir(workdir, cleanup)
+        locked = True
     tokenizer = load_or_train_tokenizer(config, workdir, data_dir)
     model, model_config = models.build(config, tokenizer.vocab_size)
-    check_vocab(tokenizer, model_config.vocab_size)
+    check_tokenizer_fits(config, tokenizer, model_config)
 
     abstract_params = jax.eval_shape(
         functools.partial(init_params, config, model), jax.random.PRNGKey(0)
     )
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, abstract_params)
     abstract_state = jax.eval_shape(functools.partial(init_state, config, model, tx))
-    latest = checkpointer.latest_step() if checkpointer else None
-    if latest is not None:
-        checkpointer.check_compatible(latest, abstract_state)
-
-    # From here on the workdir is written.
-    os.makedirs(workdir, exist_ok=True)
-    if checkpointer is None:
-        checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
-        )
-    writer = metrics_lib.create_writer(workdir)
+    latest = checkpointer.newest_compatible(abstract_state) if checkpointer else None
+    imported = None
+    if latest is None and config.init_checkpoint:
+        logging.info("Initialising parameters from %s", config.init_checkpoint)
+        imported = restore_params(config.init_checkpoint, abstract_state.params)
     data_kwargs = dict(
         data_dir=data_dir,
         process_index=jax.process_index(),
@@ -234,16 +293,28 @@ def train_and_evaluate(
         local_device_count=num_devices,
     )
     train_iter = task.train_batches(config, tokenizer, **data_kwargs)
+    task.eval_batches(config, tokenizer, **data_kwargs)  # A bad eval split fails now, not later.
 
+    # From here on the workdir is written.
+    if not locked:
+        _lock_workdir(workdir, cleanup)
+    os.makedirs(workdir, exist_ok=True)
+    # Removes temporary directories of a save that was killed (Orbax's own; nothing else).
+    checkpointer = Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
+    cleanup.callback(checkpointer.close)  # Waits for the last async save, also on errors.
+    restored = None
     if latest is not None:
+        restored = checkpointer.restore_latest(abstract_state, train_iter)
+    if restored is not None:
+        latest, state = restored
         logging.info("Resuming from %s/%d", checkpointer.directory, latest)
-        state = checkpointer.restore(latest, abstract_state, train_iter)
     else:
         state = jax.jit(functools.partial(init_state, config, model, tx))()
-        if config.init_checkpoint:
-            logging.info("Initialising parameters from %s", config.init_checkpoint)
-            params = restore_params(config.init_checkpoint, abstract_state.params)
-            state = TrainState.create(params, tx, state.rng)
+        if imported is not None:
+            state = TrainState.create(imported, tx, state.rng)
+    writer = metrics_lib.create_writer(workdir)
+    cleanup.callback(writer.close)
+    if restored is None:
         metrics_lib.write_config(writer, config)
     start_step = int(state.step)
     save_config(config, workdir, start_step)
@@ -277,6 +348,7 @@ def train_and_evaluate(
     summary: dict[str, Any] = {}
     eval_metrics: dict[str, float] = {}
     last_saved = latest
+    stop_policy = config.nonfinite_policy == "stop"
     if start_step >= config.total_steps:
         logging.info(
             "The run in %s is complete at step %d; raise --config.total_steps to train on.",
@@ -286,16 +358,35 @@ def train_and_evaluate(
     end_step = config.total_steps
     if stop_after_steps is not None:
         end_step = min(end_step, start_step + stop_after_steps)
+    stop = cleanup.enter_context(preemption.StopRequests(config.preemption_sync_every_steps))
+    done = start_step
     for step in range(start_step, end_step):
         batch = next(train_iter)
         state, step_metrics = p_train_step(state, batch)
         history.append(step_metrics)
         done = step + 1
+        stopping = stop.should_stop(done)  # A Python flag; a collective every N steps multi-host.
         last = done == end_step
-        if done % config.log_every_steps == 0 or last:
+        if done % config.log_every_steps == 0 or last or stopping:
+            first = done - len(history) + 1
             summary = metrics_lib.summarize_train(history)
             history = []
-            metrics_lib.check_finite(summary["loss"], done, last_saved)
+            nonfinite, first_bad = summary.pop("nonfinite_steps"), summary.pop("first_nonfinite")
+            if nonfinite and stop_policy:
+                raise metrics_lib.nonfinite_error(
+                    first + int(first_bad), last_saved, str(checkpointer.directory)
+                )
+            if stop_policy:
+                metrics_lib.check_finite(summary["loss"], done, last_saved)
+            else:
+                summary["skipped_steps"] = nonfinite
+                if nonfinite:
+                    logging.warning(
+                        "Skipped the updates of %d step(s) in %d..%d: NaN/inf loss or gradients.",
+                        nonfinite,
+                        first,
+                        done,
+                    )
             tps, eta = progress.update(done, summary.pop("tokens"))
             summary["tokens_per_second"] = tps
             writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
@@ -312,11 +403,28 @@ def train_and_evaluate(
             )
         if generator is not None and (done % config.sample_every_steps == 0 or last):
             write_samples(generator, parallel.unreplicate(state.params), config, writer, done)
-        if done % config.checkpoint_every_steps == 0 or last:
+        if done % config.checkpoint_every_steps == 0 or last or stopping:
+            # Between log intervals, fetch the steps' flags: never save after a bad step.
+            if history and stop_policy and (bad := metrics_lib.first_nonfinite(history)) >= 0:
+                raise metrics_lib.nonfinite_error(
+                    done - len(history) + 1 + bad, last_saved, str(checkpointer.directory)
+                )
             checkpointer.save(done, parallel.unreplicate(state), train_iter)
             last_saved = done
-
-    checkpointer.close()
-    writer.flush()
-    writer.close()
-    return {"train": summary, "eval": eval_metrics, "step": int(parallel.unreplicate(state.step))}
+        if stopping:
+            checkpointer.wait()
+            writer.flush()
+            logging.info(
+                "Preempted by %s at step %d; checkpoint saved in %s; rerun the same command "
+                "to resume.",
+                stop.signal_name,
+                done,
+                checkpointer.directory / str(done),
+            )
+            break
+    return {
+        "train": summary,
+        "eval": eval_metrics,
+        "step": done,
+        "preempted": stop.signal_name is not None and done < end_step,
+    }
