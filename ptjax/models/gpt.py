@@ -101,6 +101,8 @@ class DecoderBlock(nn.Module):
 class GPT(nn.Module):
     """Causal language model; returns logits [batch, length, vocab] in float32.
 
+    With `return_hidden` it returns (final hidden states [batch, length, d_model], output
+    embedding [vocab, d_model]) instead of logits, for `tied_softmax_cross_entropy`.
     With `cache` (from `init_cache`) it decodes incrementally and returns (logits, new cache):
     the inputs are written into the cache after what it holds, `input_mask` marks real tokens
     (False for left padding), and attention covers everything cached so far.
@@ -119,7 +121,8 @@ class GPT(nn.Module):
         cache: dict[str, Any] | None = None,
         input_mask: Array | None = None,  # [batch, length] bool; with a cache only
         output_kernel: Array | None = None,  # [d_model, vocab]: wte transposed once, to decode
-    ) -> Array | tuple[Array, dict[str, Any]]:
+        return_hidden: bool = False,
+    ) -> Array | tuple[Array, Any]:
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         length = inputs.shape[1]
@@ -171,6 +174,8 @@ class GPT(nn.Module):
         x = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name="ln_f"
         )(x)
+        if return_hidden:  # For a loss that applies the tied output projection itself.
+            return x, jnp.asarray(embed.embedding, dtype)  # [batch, length, d_model], [vocab, d]
         # [batch, length, vocab], tied to the input embedding (pre-transposed when decoding).
         logits = embed.attend(x) if output_kernel is None else x @ output_kernel.astype(x.dtype)
         logits = logits.astype(jnp.float32)

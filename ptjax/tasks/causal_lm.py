@@ -8,7 +8,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+
+from ptjax.tasks import losses
 
 
 class CausalLM:
@@ -28,17 +29,21 @@ class CausalLM:
     def loss(
         self, model: nn.Module, params: Any, batch: dict, *, rng: jax.Array, train: bool
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        logits = model.apply(
+        hidden, embedding = model.apply(
             {"params": params},
             batch["inputs"],
             batch["positions"],
             batch["segment_ids"],
             deterministic=not train,
             rngs={"dropout": rng} if train else None,
-        )  # [batch, length, vocab] float32
+            return_hidden=True,
+        )  # [batch, length, d_model], [vocab, d_model]
         weights = batch["weights"]
-        token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-        correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+        # Softmax cross-entropy and argmax hits of the tied logits, fused (see losses.py).
+        token_loss, correct = losses.tied_softmax_cross_entropy(
+            hidden, embedding, batch["targets"]
+        )  # [batch, length] each
+        correct = correct.astype(jnp.float32)
         loss_sum = jnp.sum(token_loss * weights)
         return loss_sum, {
             "loss_sum": loss_sum,

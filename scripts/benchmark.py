@@ -1,0 +1,628 @@
+"""Times ptjax's full train step against Hugging Face GPT-2 in PyTorch, in turns, in one run.
+
+    python scripts/benchmark.py --model=gpt     # 'bench' GPT, 8 x 256 tokens, ~4 min on 2 cores
+
+Each side runs in its own worker process (so peak memory is per side), pinned to the same
+--threads CPUs, on the same synthetic token batches. The parent times them in turns -- a block of
+--steps steps of ptjax, then of the baseline, for --rounds rounds, the order reversed every other
+round -- and reports medians; compilation and warm-up steps are timed apart. With
+--env_tuning=both, both sides run once in the environment as given and once in ptjax's tuned one
+(`ptjax.runtime.process_environment`), all four workers in the same turns. The last line of
+output is one JSON object; its headline figures are for the tuned environment when it was run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from absl import app, flags
+
+from ptjax import runtime
+
+MODELS = ("gpt",)  # 'bert' and 't5' join as their issues land.
+WHATS = ("train",)  # 'generate' joins with decoding.
+
+FLAGS = flags.FLAGS
+
+MATMUL_SIZE = 2048  # The machine's fp32 matmul rate is measured on [2048, 2048] @ [2048, 2048].
+# Untimed steps at the start of every block. A worker that sat idle while the other side ran is
+# slow for a step or two (on this VM the first step after 5 s idle costs 1.5x, on both sides),
+# which a trainer running steadily never pays.
+REWARM_STEPS = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to time and how; the flags of the same names."""
+
+    model: str = "gpt"
+    what: str = "train"
+    size: str = "bench"
+    per_device_batch_size: int = 8
+    seq_len: int = 256
+    steps: int = 3
+    rounds: int = 5
+    warmup_steps: int = 2
+    threads: int = 0
+    baseline: str = "hf"
+    hf_attention: str = "eager"
+    env_tuning: str = "both"
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raises ValueError naming the flag that cannot work."""
+        if self.model not in MODELS:
+            raise ValueError(
+                f"--model={self.model!r} is not benchmarked yet; known: {', '.join(MODELS)} "
+                "('bert' and 't5' are added with their model issues)."
+            )
+        if self.what not in WHATS:
+            raise ValueError(
+                f"--what={self.what!r} is not benchmarked yet; known: {', '.join(WHATS)} "
+                "('generate' is added with decoding)."
+            )
+        for name in ("per_device_batch_size", "seq_len", "steps", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.warmup_steps < 0 or self.threads < 0:
+            raise ValueError("--warmup_steps and --threads must not be negative.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one side each, driven over stdin/stdout with one JSON object per line.
+
+
+def _pin_threads(threads: int) -> list[int]:
+    """Restricts this process to its first `threads` allowed CPUs (XLA sizes its pool by them)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads:
+        cpus = cpus[:threads]
+        os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def _synthetic_rows(opts: Options, rows: int, vocab_size: int, seed: int) -> dict[str, Any]:
+    """Packed rows like the LM pipeline's: [rows, seq_len] inputs, targets, segments, positions."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab_size, (rows, opts.seq_len + 1), dtype=np.int32)
+    segment_ids = np.zeros((rows, opts.seq_len), np.int32)
+    positions = np.zeros((rows, opts.seq_len), np.int32)
+    for row in range(rows):
+        start, segment = 0, 1
+        while start < opts.seq_len:  # Documents of 16 tokens up to a whole row.
+            length = int(rng.integers(16, opts.seq_len + 1))
+            end = min(start + length, opts.seq_len)
+            segment_ids[row, start:end] = segment
+            positions[row, start:end] = np.arange(end - start)
+            start, segment = end, segment + 1
+    return dict(
+        inputs=tokens[:, :-1],
+        targets=tokens[:, 1:],
+        segment_ids=segment_ids,
+        positions=positions,
+        weights=np.ones((rows, opts.seq_len), np.float32),
+    )
+
+
+def _usage() -> tuple[float, float, int]:
+    """(wall seconds, process CPU seconds, minor page faults so far)."""
+    import resource
+
+    times = os.times()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return time.perf_counter(), times.user + times.system, faults
+
+
+def _block(step: Callable[[int], None], finish: Callable[[], None], steps: int, first: int):
+    """Runs `steps` steps and `finish()`; returns per-step wall, CPU seconds and page faults."""
+    wall0, cpu0, faults0 = _usage()
+    for i in range(steps):
+        step(first + i)
+    finish()
+    wall1, cpu1, faults1 = _usage()
+    return {
+        "step_seconds": (wall1 - wall0) / steps,
+        "cpu_seconds_per_step": (cpu1 - cpu0) / steps,
+        "page_faults_per_step": (faults1 - faults0) / steps,
+    }
+
+
+class _PtjaxSide:
+    """ptjax's real train step: steps.train_step under parallel.pmap_train_step, as the trainer."""
+
+    def __init__(self, opts: Options):
+        import jax
+        import numpy as np
+
+        from ptjax import config as config_lib
+        from ptjax import config_presets, models, tasks
+        from ptjax.train import optim, parallel, steps
+        from ptjax.train.state import TrainState
+
+        config = config_presets.gpt_config(opts.size)
+        config.seq_len = opts.seq_len
+        config.per_device_batch_size = opts.per_device_batch_size
+        config.seed = opts.seed
+        config_lib.validate(config)
+        model, model_config = models.build(config)
+        family = models.MODELS[config.model.family]
+        self.devices = jax.local_device_count()
+        rows = self.devices * opts.per_device_batch_size
+
+        # As trainer.init_state: parameters from a jitted init, then replicated once.
+        init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+        dummy = np.zeros((1, config.seq_len), np.int32)
+        params = jax.jit(lambda r: model.init(r, dummy, dummy, dummy)["params"])(init_rng)
+        tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, params)
+        self.state = parallel.replicate(TrainState.create(params, tx, state_rng))
+        self.p_step = parallel.pmap_train_step(
+            steps.train_step, model=model, task=tasks.TASKS[config.task], tx=tx, schedule=schedule
+        )
+        self.batches = []
+        for k in range(4):
+            rows_k = _synthetic_rows(opts, rows, model_config.vocab_size, opts.seed + k)
+            shape = (self.devices, opts.per_device_batch_size, opts.seq_len)
+            self.batches.append({key: v.reshape(shape) for key, v in rows_k.items()})
+        self.history: list[Any] = []
+        self.info = {
+            "name": f"ptjax {config.model.family}/{opts.size}",
+            "devices": self.devices,
+            "rows": rows,
+            "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+            "flops_per_token": float(family.flops_per_token(model_config, opts.seq_len)),
+            "model_config": dataclasses.asdict(model_config),
+            "optimizer": config.optimizer.to_dict(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        }
+
+    def step(self, i: int) -> None:
+        # The trainer's loop body: a host batch in, the metrics kept on the devices.
+        self.state, metrics = self.p_step(self.state, self.batches[i % len(self.batches)])
+        self.history.append(metrics)
+
+    def finish(self) -> None:
+        """One device-to-host transfer per block, as the trainer's once per log interval."""
+        import jax
+        import numpy as np
+
+        if not self.history:
+            return
+        host = jax.device_get(self.history)
+        self.history = []
+        loss = float(np.asarray(host[-1]["loss"]).reshape(-1)[0])
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"ptjax's loss is {loss}.")
+        self.last_loss = loss
+
+    def matmul_flops(self) -> float:
+        """The best fp32 FLOP/s of a jitted [n, n] @ [n, n] over several tries."""
+        import jax
+        import jax.numpy as jnp
+
+        n = MATMUL_SIZE
+        a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32)
+        matmul = jax.jit(jnp.matmul)
+        matmul(a, b).block_until_ready()
+        best = float("inf")
+        for _ in range(6):
+            start = time.perf_counter()
+            matmul(a, b).block_until_ready()
+            best = min(best, time.perf_counter() - start)
+        return 2 * n**3 / best
+
+
+class _HFSide:
+    """transformers' GPT2LMHeadModel of the same shape, torch.optim.AdamW, dropout on."""
+
+    def __init__(self, opts: Options, threads: int, setup: dict[str, Any]):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(opts.seed)
+        cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
+        config = transformers.GPT2Config(
+            vocab_size=cfg["vocab_size"],
+            n_positions=cfg["max_len"],
+            n_embd=cfg["d_model"],
+            n_layer=cfg["num_layers"],
+            n_head=cfg["num_heads"],
+            n_inner=cfg["d_ff"],
+            activation_function="gelu_new",  # The tanh GELU, as ptjax's GPT.
+            resid_pdrop=cfg["dropout_rate"],
+            embd_pdrop=cfg["dropout_rate"],
+            attn_pdrop=cfg["dropout_rate"],
+            layer_norm_epsilon=cfg["layer_norm_eps"],
+            bos_token_id=0,
+            eos_token_id=0,
+            attn_implementation=opts.hf_attention,
+        )
+        self.model = transformers.GPT2LMHeadModel(config)
+        self.model.train()
+        # ptjax's optimizer: AdamW, no decay on biases, LayerNorms or embeddings, clipping.
+        decay, plain = [], []
+        for name, p in self.model.named_parameters():
+            embedding = name.endswith(("wte.weight", "wpe.weight"))
+            (decay if p.dim() >= 2 and not embedding else plain).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": opt["weight_decay"]},
+                {"params": plain, "weight_decay": 0.0},
+            ],
+            lr=opt["learning_rate"],
+            betas=(opt["b1"], opt["b2"]),
+            eps=opt["eps"],
+        )
+        self.clip = opt["grad_clip_norm"]
+        self.vocab_size = cfg["vocab_size"]
+        self.torch = torch
+        self.batches = []
+        for k in range(4):
+            rows_k = _synthetic_rows(opts, setup["rows"], self.vocab_size, opts.seed + k)
+            self.batches.append(
+                (
+                    torch.from_numpy(rows_k["inputs"].astype("int64")),
+                    torch.from_numpy(rows_k["targets"].astype("int64")),
+                )
+            )
+        self.info = {
+            "name": f"HF GPT2LMHeadModel ({opts.hf_attention})",
+            "rows": setup["rows"],
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def step(self, i: int) -> None:
+        torch = self.torch
+        inputs, targets = self.batches[i % len(self.batches)]
+        logits = self.model(input_ids=inputs).logits  # [batch, length, vocab]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, self.vocab_size).float(), targets.reshape(-1)
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss = loss
+
+    def finish(self) -> None:
+        loss = float(self.loss.item())
+        if loss != loss:
+            raise FloatingPointError(f"The baseline's loss is {loss}.")
+        self.last_loss = loss
+
+    def matmul_flops(self) -> float:
+        torch = self.torch
+        n = MATMUL_SIZE
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best = float("inf")
+        for _ in range(6):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return 2 * n**3 / best
+
+
+def _serve(side_name: str, opts: Options) -> None:
+    """The worker's loop: build, compile and warm up the side, then run blocks on request."""
+    import resource
+
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # Library prints go to stderr; stdout carries only the protocol.
+
+    def send(message: dict) -> None:
+        proto.write(json.dumps(message) + "\n")
+
+    cpus = _pin_threads(opts.threads)
+    try:
+        if side_name == "ptjax":
+            side = _PtjaxSide(opts)
+        else:
+            side = _HFSide(opts, len(cpus), json.loads(sys.stdin.readline()))
+        start = time.perf_counter()
+        side.step(0)
+        side.finish()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(opts.warmup_steps):
+            side.step(1 + i)
+        side.finish()
+        warmup = time.perf_counter() - start
+        info = dict(side.info, cpus=len(cpus), first_step_seconds=first, warmup_seconds=warmup)
+        info["matmul_flops_per_second"] = side.matmul_flops()
+        send(info)
+        done = 1 + opts.warmup_steps
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request["op"] == "exit":
+                break
+            for _ in range(REWARM_STEPS):
+                side.step(done)
+                done += 1
+            side.finish()
+            result = _block(side.step, side.finish, request["steps"], done)
+            done += request["steps"]
+            send(dict(result, loss=side.last_loss))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
+        send({"peak_rss_mib": peak})
+    except Exception as e:  # Reported by the parent with the worker's stderr.
+        send({"error": f"{type(e).__name__}: {e}"})
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: starts the workers, takes turns, summarises.
+
+
+class _Worker:
+    """A worker process of one side in one environment."""
+
+    def __init__(self, side: str, setting: str, opts: Options, env: dict[str, str]):
+        self.side, self.setting = side, setting
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- closed in close().
+        args = [sys.executable, os.path.abspath(__file__), f"--worker={side}"]
+        args.append(f"--worker_options={json.dumps(dataclasses.asdict(opts))}")
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
+
+    def send(self, message: dict) -> None:
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self) -> dict:
+        line = self.proc.stdout.readline()
+        message = json.loads(line) if line.strip() else {"error": "the worker exited"}
+        if "error" in message:
+            self.proc.wait()
+            self.log.seek(0)
+            tail = self.log.read()[-3000:]
+            raise RuntimeError(
+                f"{self.side} worker ({self.setting} environment): {message['error']}\n{tail}"
+            )
+        return message
+
+    def request(self, message: dict) -> dict:
+        self.send(message)
+        return self.receive()
+
+    def close(self) -> dict:
+        self.send({"op": "exit"})
+        message = self.receive()
+        self.proc.wait()
+        self.log.close()
+        return message
+
+
+def _environment(setting: str, threads: int) -> dict[str, str]:
+    """The workers' environment: as given ('off') or tuned ('on'); the same threads either way."""
+    env = runtime.process_environment(tuned=setting == "on")
+    env[runtime.NO_TUNING_VAR] = "1"  # The workers never re-execute themselves.
+    env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def run_benchmark(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs the workers in turns and returns the summary (what the JSON line holds)."""
+    opts.check()
+    threads = opts.threads or len(os.sched_getaffinity(0))
+    opts = dataclasses.replace(opts, threads=threads)
+    settings = {"both": ["off", "on"], "on": ["on"], "off": ["off"]}[opts.env_tuning]
+    sides = ["ptjax"] + (["hf"] if opts.baseline == "hf" else [])
+    workers: dict[tuple[str, str], _Worker] = {}
+    infos: dict[tuple[str, str], dict] = {}
+    blocks: dict[tuple[str, str], list[dict]] = {}
+    try:
+        # Started one at a time, so that compile and warm-up times are not shared.
+        for setting in settings:
+            env = _environment(setting, threads)
+            for side in sides:
+                key = (setting, side)
+                log(f"starting {side} worker ({setting} environment tuning)")
+                workers[key] = _Worker(side, setting, opts, env)
+                if side == "hf":
+                    ptjax_info = infos[(setting, "ptjax")]
+                    setup = {k: ptjax_info[k] for k in ("rows", "model_config", "optimizer")}
+                    workers[key].send(setup)
+                infos[key] = workers[key].receive()
+                blocks[key] = []
+        order = list(workers)
+        for r in range(opts.rounds):
+            for key in order if r % 2 == 0 else order[::-1]:
+                time.sleep(0.2)  # Lets the other side's idle threads stop spinning.
+                result = workers[key].request({"op": "run", "steps": opts.steps})
+                blocks[key].append(result)
+            log(f"round {r + 1}/{opts.rounds} done")
+        for key, worker in list(workers.items()):
+            infos[key].update(worker.close())
+            del workers[key]
+    finally:
+        for worker in workers.values():
+            worker.proc.kill()
+    return _summarise(opts, settings, sides, infos, blocks)
+
+
+def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
+    ptjax_info = infos[(settings[0], "ptjax")]
+    tokens = ptjax_info["rows"] * opts.seq_len
+    flops_per_token = ptjax_info["flops_per_token"]
+    # The machine's rate: the best JAX fp32 matmul in any environment (the same for both sides).
+    peak = max(infos[(s, "ptjax")]["matmul_flops_per_second"] for s in settings)
+    result: dict[str, Any] = {
+        "model": opts.model,
+        "what": opts.what,
+        "size": opts.size,
+        "devices": ptjax_info["devices"],
+        "per_device_batch_size": opts.per_device_batch_size,
+        "seq_len": opts.seq_len,
+        "tokens_per_step": tokens,
+        "threads": opts.threads,
+        "rounds": opts.rounds,
+        "steps_per_round": opts.steps,
+        "flops_per_token": flops_per_token,
+        "matmul_flops_per_second": peak,
+        "baseline": opts.baseline if opts.baseline == "none" else f"hf-{opts.hf_attention}",
+        "tuned_environment": {
+            "GLIBC_TUNABLES": ":".join(f"{n}={v}" for n, v in runtime.TUNED_GLIBC_TUNABLES),
+            "XLA_FLAGS": " ".join(runtime.TUNED_XLA_FLAGS),
+        },
+        "settings": {},
+    }
+    for setting in settings:
+        entry: dict[str, Any] = {}
+        for side in sides:
+            info, runs = infos[(setting, side)], blocks[(setting, side)]
+            rates = [tokens / b["step_seconds"] for b in runs]
+            tps = _median(rates)
+            entry[side] = {
+                "tokens_per_second": tps,
+                "tokens_per_second_per_round": rates,
+                "step_seconds": _median([b["step_seconds"] for b in runs]),
+                "cpu_seconds_per_step": _median([b["cpu_seconds_per_step"] for b in runs]),
+                "page_faults_per_step": _median([b["page_faults_per_step"] for b in runs]),
+                "mfu": tps * flops_per_token / peak,
+                "peak_rss_mib": info["peak_rss_mib"],
+                "first_step_seconds": info["first_step_seconds"],
+                "warmup_seconds": info["warmup_seconds"],
+                "parameters": info["parameters"],
+                "matmul_flops_per_second": info["matmul_flops_per_second"],
+                "last_loss": runs[-1]["loss"],
+                "name": info["name"],
+            }
+        if "hf" in entry:
+            ours, theirs = entry["ptjax"], entry["hf"]
+            rounds = ours["tokens_per_second_per_round"], theirs["tokens_per_second_per_round"]
+            pairs = zip(*rounds, strict=True)
+            entry["speedup"] = ours["tokens_per_second"] / theirs["tokens_per_second"]
+            entry["speedup_paired_median"] = _median([p / b for p, b in pairs])
+        result["settings"][setting] = entry
+    head = result["settings"]["on" if "on" in settings else "off"]
+    result["headline_environment"] = "tuned" if "on" in settings else "as given"
+    result["ptjax_tokens_per_second"] = head["ptjax"]["tokens_per_second"]
+    result["ptjax_step_seconds"] = head["ptjax"]["step_seconds"]
+    result["ptjax_mfu"] = head["ptjax"]["mfu"]
+    result["ptjax_peak_rss_mib"] = head["ptjax"]["peak_rss_mib"]
+    result["ptjax_compile_seconds"] = head["ptjax"]["first_step_seconds"]
+    has_baseline = "hf" in head
+    result["baseline_tokens_per_second"] = head["hf"]["tokens_per_second"] if has_baseline else None
+    result["baseline_step_seconds"] = head["hf"]["step_seconds"] if has_baseline else None
+    result["baseline_mfu"] = head["hf"]["mfu"] if has_baseline else None
+    result["baseline_peak_rss_mib"] = head["hf"]["peak_rss_mib"] if has_baseline else None
+    result["speedup"] = head["speedup"] if has_baseline else None
+    if has_baseline and len(settings) == 2:
+        on, off = result["settings"]["on"], result["settings"]["off"]
+        result["speedup_untuned"] = off["speedup"]
+        # What each user gets by default: ptjax's scripts tune themselves, a torch script not.
+        result["speedup_tuned_ptjax_vs_untuned_baseline"] = (
+            on["ptjax"]["tokens_per_second"] / off["hf"]["tokens_per_second"]
+        )
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human-readable summary printed before the JSON line."""
+    lines = [
+        f"{result['model']}/{result['size']} train step, {result['devices']} device(s) x "
+        f"{result['per_device_batch_size']} x {result['seq_len']} tokens, {result['threads']} "
+        f"threads per side, {result['rounds']} rounds x {result['steps_per_round']} steps; "
+        f"{result['flops_per_token'] / 1e6:.1f} MFLOP/token; matmul rate "
+        f"{result['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s (JAX fp32 {MATMUL_SIZE}^3, best)",
+        f"{'environment':<12}{'side':<28}{'tokens/s':>10}{'step ms':>9}{'CPU s/step':>11}"
+        f"{'MFU':>7}{'faults/step':>12}{'peak RSS MiB':>13}{'1st step s':>11}",
+    ]
+    names = {"off": "as given", "on": "tuned"}
+    for setting, entry in result["settings"].items():
+        for side in ("ptjax", "hf"):
+            if side not in entry:
+                continue
+            e = entry[side]
+            lines.append(
+                f"{names[setting]:<12}{e['name'][:27]:<28}{e['tokens_per_second']:>10.0f}"
+                f"{e['step_seconds'] * 1e3:>9.0f}{e['cpu_seconds_per_step']:>11.2f}"
+                f"{e['mfu']:>7.1%}{e['page_faults_per_step']:>12.0f}{e['peak_rss_mib']:>13.0f}"
+                f"{e['first_step_seconds']:>11.1f}"
+            )
+        if "speedup" in entry:
+            lines.append(
+                f"{'':<12}speedup ptjax / baseline: {entry['speedup']:.2f}x "
+                f"(median of per-round ratios {entry['speedup_paired_median']:.2f}x)"
+            )
+    tuned = result["tuned_environment"]
+    lines.append(f"tuned: GLIBC_TUNABLES={tuned['GLIBC_TUNABLES']} XLA_FLAGS={tuned['XLA_FLAGS']}")
+    return "\n".join(lines)
+
+
+def define_flags() -> None:
+    """The command line; defined only when run as a script, so that tests can import it."""
+    flags.DEFINE_string("model", "gpt", "Model family to time; only 'gpt' so far.")
+    flags.DEFINE_string("what", "train", "What to time: 'train' (forward, backward, AdamW update).")
+    flags.DEFINE_string("size", "bench", "ptjax size name (ptjax.models.gpt.SIZES).")
+    flags.DEFINE_integer(
+        "per_device_batch_size", 8, "Rows per device (the baseline gets them all)."
+    )
+    flags.DEFINE_integer("seq_len", 256, "Tokens per row.")
+    flags.DEFINE_integer("steps", 3, "Timed steps per block.")
+    flags.DEFINE_integer("rounds", 5, "Blocks per side; the sides take turns.")
+    flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after the first (compiling) one.")
+    flags.DEFINE_integer("threads", 0, "CPUs for each side (0: all this process may use).")
+    flags.DEFINE_enum("baseline", "hf", ["hf", "none"], "hf: transformers' GPT2LMHeadModel.")
+    flags.DEFINE_enum("hf_attention", "eager", ["eager", "sdpa"], "The baseline's attention.")
+    flags.DEFINE_enum("env_tuning", "both", ["both", "on", "off"], "Process environment(s) to run.")
+    flags.DEFINE_integer("seed", 0, "Seed of parameters, batches and dropout.")
+    flags.DEFINE_string("worker", None, "Internal: run as the worker of one side.")
+    flags.DEFINE_string("worker_options", None, "Internal: the worker's options as JSON.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.worker:
+        _serve(FLAGS.worker, Options(**json.loads(FLAGS.worker_options)))
+        return
+    opts = Options(
+        model=FLAGS.model,
+        what=FLAGS.what,
+        size=FLAGS.size,
+        per_device_batch_size=FLAGS.per_device_batch_size,
+        seq_len=FLAGS.seq_len,
+        steps=FLAGS.steps,
+        rounds=FLAGS.rounds,
+        warmup_steps=FLAGS.warmup_steps,
+        threads=FLAGS.threads,
+        baseline=FLAGS.baseline,
+        hf_attention=FLAGS.hf_attention,
+        env_tuning=FLAGS.env_tuning,
+        seed=FLAGS.seed,
+    )
+    try:
+        opts.check()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    result = run_benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_table(result))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

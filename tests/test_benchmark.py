@@ -1,0 +1,82 @@
+"""scripts/benchmark.py at a tiny shape: both sides run, and the summary has the promised keys."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+from ptjax import runtime
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("ptjax_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # For its dataclasses.
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_against_the_baseline_reports_the_json_keys():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    bench = _script()
+    opts = bench.Options(
+        size="tiny",
+        seq_len=16,
+        per_device_batch_size=1,
+        steps=1,
+        rounds=2,
+        warmup_steps=0,
+        env_tuning="on",
+    )
+    result = bench.run_benchmark(opts, log=lambda line: None)
+    json.loads(json.dumps(result))  # One JSON object.
+    for key in (
+        "ptjax_tokens_per_second",
+        "baseline_tokens_per_second",
+        "speedup",
+        "ptjax_step_seconds",
+        "baseline_step_seconds",
+        "ptjax_mfu",
+        "baseline_mfu",
+        "ptjax_peak_rss_mib",
+        "baseline_peak_rss_mib",
+        "ptjax_compile_seconds",
+        "flops_per_token",
+        "matmul_flops_per_second",
+        "threads",
+        "tuned_environment",
+    ):
+        assert key in result, key
+    tuned = result["settings"]["on"]
+    assert tuned["ptjax"]["parameters"] == tuned["hf"]["parameters"]  # The same model shape.
+    assert result["tokens_per_step"] == result["devices"] * 16
+    assert result["speedup"] > 0 and result["ptjax_peak_rss_mib"] > 0
+    assert "speedup" in bench.format_table(result)
+
+
+def test_unknown_model_and_what_are_refused_by_name():
+    bench = _script()
+    with pytest.raises(ValueError, match="--model='bert'"):
+        bench.Options(model="bert").check()
+    with pytest.raises(ValueError, match="--what='generate'"):
+        bench.Options(what="generate").check()
+
+
+def test_tuning_is_added_and_removed_keeping_the_users_settings():
+    user = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "XLA_FLAGS": "--xla_foo=1", "A": "b"}
+    tuned = runtime.process_environment(tuned=True, env=user)
+    assert tuned["GLIBC_TUNABLES"].split(":")[0] == "glibc.malloc.arena_max=2"
+    assert "glibc.malloc.hugetlb=1" in tuned["GLIBC_TUNABLES"]
+    assert tuned["XLA_FLAGS"].split()[0] == "--xla_foo=1" and tuned["A"] == "b"
+    assert runtime.process_environment(tuned=False, env=tuned) == user
+    assert "GLIBC_TUNABLES" not in runtime.process_environment(
+        tuned=False, env=dict(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
+    )
+    # A setting the user made wins over ptjax's.
+    mine = runtime.process_environment(tuned=True, env={"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
+    assert mine["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
