@@ -121,6 +121,26 @@ def _global_batch(config: ml_collections.ConfigDict, local_device_count: int) ->
     return local_device_count * config.per_device_batch_size
 
 
+def _device_batches(
+    rows: tf.data.Dataset,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    local_device_count: int,
+    config: ml_collections.ConfigDict,
+) -> tf.data.Dataset:
+    """Packed rows -> LM feature batches shaped [local_devices, per_device_batch, seq_len]."""
+    batches = rows.batch(batch_size, drop_remainder=True)  # [batch, seq_len + 1]
+    batches = batches.map(
+        lambda r: _to_device_shape(
+            objectives.lm_features(r, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id),
+            local_device_count,
+            config.per_device_batch_size,
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
 def lm_train_batches(
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
@@ -159,16 +179,7 @@ def lm_train_batches(
         _tokenized_chunks(texts, tokenizer), config.seq_len, pad_id=tokenizer.pad_id
     )
     rows = rows.shuffle(dataset.shuffle_buffer, seed=_derive_seed(config.seed, "rows"))
-    batches = rows.batch(batch_size, drop_remainder=True)  # [batch, seq_len + 1]
-    batches = batches.map(
-        lambda r: _to_device_shape(
-            objectives.lm_features(r, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id),
-            local_device_count,
-            config.per_device_batch_size,
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    batches = batches.prefetch(tf.data.AUTOTUNE).with_options(_options())
+    batches = _device_batches(rows, tokenizer, batch_size, local_device_count, config)
     return DataIterator(batches, process_index=process_index, process_count=process_count)
 
 
@@ -260,16 +271,7 @@ def lm_eval_batches(
     padding_row = tf.data.Dataset.from_tensors(tf.fill([seq_len + 1], tokenizer.pad_id)).repeat()
     # Whole batches of real rows, then padding rows to fill the last batch and any missing ones.
     rows = rows.concatenate(padding_row).take(num_batches * batch_size)
-    batches = rows.batch(batch_size, drop_remainder=True)  # [batch, seq_len + 1]
-    batches = batches.map(
-        lambda r: _to_device_shape(
-            objectives.lm_features(r, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id),
-            local_device_count,
-            config.per_device_batch_size,
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    batches = batches.prefetch(tf.data.AUTOTUNE).with_options(_options())
+    batches = _device_batches(rows, tokenizer, batch_size, local_device_count, config)
     return batches.as_numpy_iterator()
 
 
