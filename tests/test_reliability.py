@@ -22,14 +22,16 @@ import time
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 import test_train_e2e as e2e
 from test_train_e2e import read_scalars, snapshot, tiny_config
 
 from ptjax.data import corpora
+from ptjax.data.tf_setup import import_tf
 from ptjax.tasks.causal_lm import CausalLM
 from ptjax.train import lock, metrics, preemption, trainer
 from ptjax.train.checkpoint import CorruptCheckpointError, restore_params
+
+tf = import_tf()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 30

@@ -12,15 +12,17 @@ import sys
 import time
 
 import pytest
-import tensorflow as tf
 
 from ptjax import results
 from ptjax.config_presets import gpt_config
 from ptjax.data import corpora
+from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import train_tokenizer
 from ptjax.results import plot
 from ptjax.train import metrics as metrics_lib
 from ptjax.train import trainer
+
+tf = import_tf()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,14 +5,16 @@ import json
 import os
 
 import pytest
-import tensorflow as tf
 
 from ptjax.config import ConfigError
 from ptjax.config_presets import gpt_config
 from ptjax.data import corpora
+from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import train_tokenizer
 from ptjax.train import trainer
 from ptjax.train.checkpoint import CheckpointMismatchError
+
+tf = import_tf()
 
 
 @pytest.fixture(scope="module")
