@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout_rate = -1.0  # -1: the size's value.
     c.model.dtype = "float32"  # Compute dtype.
     c.model.param_dtype = "float32"  # Storage dtype of parameters.
+    c.model.num_labels = 0  # Classification heads: 0 takes the dataset's number of labels.
+    c.model.type_vocab_size = 0  # BERT segment (token type) table; 0: the size's value (2).
+    c.model.pre_ln = False  # BERT: pre-LayerNorm blocks (default: the original post-LN).
 
     # Data.
     c.dataset = ml_collections.ConfigDict()
@@ -45,7 +48,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.document_per = "line"  # For 'text_files': 'line' or 'file'.
     c.dataset.shuffle_buffer = 10_000  # Documents (and packed rows) held for shuffling.
     c.dataset.max_eval_batches = 0  # 0: the whole eval split.
+    # Labelled data (classification, QA): field names in the examples and the held-out split.
+    c.dataset.text_b_key = ""  # Second text of sentence-pair tasks ('' : single sentence).
+    c.dataset.label_key = "label"
+    c.dataset.test_split = "test"  # For scripts/evaluate.py --split=test.
+    c.dataset.test_files = ""  # For 'labeled_files': the test split's paths or globs.
     c.seq_len = 128  # Tokens per packed training row.
+
+    # Masked-LM pretraining (task='masked_lm'): BERT's dynamic masking in the input pipeline.
+    c.mlm = ml_collections.ConfigDict()
+    c.mlm.mask_rate = 0.15  # Share of maskable tokens selected for prediction.
+    c.mlm.random_rate = 0.1  # Of the selected: replaced by a random token ...
+    c.mlm.keep_rate = 0.1  # ... or kept; the rest become [MASK].
+    c.mlm.whole_word = False  # Select whole words (SentencePiece word starts).
+    c.mlm.sentence_pairs = False  # Rows of two segments [CLS] A [SEP] B [SEP] (segment ids 0/1).
+
+    # Extractive QA (task='extractive_qa'), SQuAD v1.1 style.
+    c.qa = ml_collections.ConfigDict()
+    c.qa.doc_stride = 128  # Context tokens between the starts of overlapping windows.
+    c.qa.max_query_len = 64  # Question tokens kept.
+    c.qa.max_answer_len = 30  # Longest predicted answer, in tokens.
+    c.qa.n_best = 20  # Start/end candidates per window in post-processing.
 
     # Tokenizer.
     c.tokenizer = ml_collections.ConfigDict()
@@ -79,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_prompts = ("",)  # "" samples from the start of a document.
     c.sample_max_new_tokens = 32
     c.init_checkpoint = ""  # A checkpoint directory to start from when the workdir has none.
+    # Best-checkpoint tracking: an eval metric name (e.g. 'f1/spam', 'loss'); '' keeps none.
+    c.best_metric = ""
+    c.best_metric_mode = "max"  # 'max' or 'min'.
     c.parallelism = ml_collections.ConfigDict()
     c.parallelism.mode = "pmap"
 
@@ -101,6 +127,7 @@ _CHOICES = {
     "optimizer.schedule": ("cosine", "linear", "constant"),
     "parallelism.mode": ("pmap",),
     "nonfinite_policy": ("stop", "skip"),
+    "best_metric_mode": ("max", "min"),
 }
 
 _INT_MAX = 2**31 - 1  # Steps, sizes and ids are int32 on the device.
@@ -119,6 +146,15 @@ _RANGES = {
     "preemption_sync_every_steps": (1, _INT_MAX, "[]"),
     "model.vocab_size": (0, _INT_MAX, "[]"),
     "model.max_len": (0, _INT_MAX, "[]"),
+    "model.num_labels": (0, _INT_MAX, "[]"),
+    "model.type_vocab_size": (0, _INT_MAX, "[]"),
+    "mlm.mask_rate": (0.0, 1.0, "[]"),
+    "mlm.random_rate": (0.0, 1.0, "[]"),
+    "mlm.keep_rate": (0.0, 1.0, "[]"),
+    "qa.doc_stride": (1, _INT_MAX, "[]"),
+    "qa.max_query_len": (1, _INT_MAX, "[]"),
+    "qa.max_answer_len": (1, _INT_MAX, "[]"),
+    "qa.n_best": (1, _INT_MAX, "[]"),
     "dataset.shuffle_buffer": (1, _INT_MAX, "[]"),
     "dataset.max_eval_batches": (0, _INT_MAX, "[]"),
     "tokenizer.vocab_size": (261, _INT_MAX, "[]"),  # > 4 special ids + 256 byte pieces.
@@ -223,6 +259,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"Config key optimizer.warmup_steps={config.optimizer.warmup_steps} must lie in "
             f"[0, total_steps={config.total_steps}]."
+        )
+    if config.mlm.random_rate + config.mlm.keep_rate > 1.0:
+        raise ConfigError(
+            f"Config keys mlm.random_rate={config.mlm.random_rate} + mlm.keep_rate="
+            f"{config.mlm.keep_rate} exceed 1: they are shares of the selected tokens."
         )
     if config.dataset.name == "text_files" and not config.dataset.train_files:
         raise ConfigError("dataset.name='text_files' needs dataset.train_files (paths or globs).")

@@ -56,7 +56,7 @@ def _run(num_devices: int, batches: list[dict]):
         steps.train_step,
         devices=devices,
         model=model,
-        task=TASKS["causal_lm"],
+        task=TASKS["causal_lm"](),
         tx=tx,
         schedule=schedule,
     )
@@ -105,5 +105,5 @@ def test_loss_is_the_global_token_mean():
     )
     model = gpt.GPT(cfg)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, LENGTH), jnp.int32))["params"]
-    loss_sum, sums = TASKS["causal_lm"].loss(model, params, batch, rng=None, train=False)
+    loss_sum, sums = TASKS["causal_lm"]().loss(model, params, batch, rng=None, train=False)
     np.testing.assert_allclose(losses[0], float(loss_sum / sums["weight"]), rtol=1e-5)

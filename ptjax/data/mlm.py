@@ -28,7 +28,7 @@ from ptjax.data.tf_setup import import_tf
 
 tf = import_tf()
 
-BERT_CONTROL_SYMBOLS = ("[CLS]", "[SEP]", "[MASK]")
+BERT_CONTROL_SYMBOLS = ("[CLS]", "[SEP]", "[MASK]")  # = ptjax.models.bert.CONTROL_SYMBOLS
 WORD_START = "\u2581"  # SentencePiece's "▁": a piece starting with it begins a word.
 
 

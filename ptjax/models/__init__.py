@@ -20,6 +20,10 @@ class ModelFamily:
     config_class: type
     sizes: dict[str, dict[str, Any]]
     flops_per_token: Callable[[Any, int], float]
+    # Task name -> the module with that task's head, where it differs from `module`.
+    heads: dict[str, type[nn.Module]] = dataclasses.field(default_factory=dict)
+    # Control pieces a tokenizer trained for this family must hold (BERT's [CLS] [SEP] [MASK]).
+    control_symbols: tuple[str, ...] = ()
     # (model, max_new_tokens) -> (prefill, step) for ptjax.decoding; None if it cannot decode.
     decode_fns: Callable[[Any, int], tuple[Callable, Callable]] | None = None
     # params -> what prefill/step take (e.g. with the output table transposed once per call).
@@ -38,7 +42,16 @@ class ModelFamily:
             params["dropout_rate"] = config.model.dropout_rate
         params["dtype"] = config.model.dtype
         params["param_dtype"] = config.model.param_dtype
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        if config.model.type_vocab_size and "type_vocab_size" in fields:
+            params["type_vocab_size"] = config.model.type_vocab_size
+        if "pre_ln" in fields:
+            params["pre_ln"] = config.model.pre_ln
         return self.config_class(**params)
+
+    def module_for(self, task: str) -> type[nn.Module]:
+        """The module that carries `task`'s head (the family's default module otherwise)."""
+        return self.heads.get(task, self.module)
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
         from ptjax.config import ConfigError
@@ -55,6 +68,13 @@ class ModelFamily:
                 f"{config.model.family}/{config.model.size} (max_len={cfg.max_len}); lower seq_len "
                 "or raise model.max_len."
             )
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        for key in ("type_vocab_size", "pre_ln"):
+            if key not in fields and config.model[key]:
+                raise ConfigError(
+                    f"Config key model.{key}={config.model[key]!r} applies to BERT-style "
+                    f"encoders, not model.family={config.model.family!r}; leave it at its default."
+                )
         if not 0.0 <= cfg.dropout_rate < 1.0:
             raise ConfigError(
                 f"Config key model.dropout_rate={cfg.dropout_rate} must be in [0, 1)."
@@ -75,14 +95,23 @@ MODELS: dict[str, ModelFamily] = {
         config_class=bert.BertConfig,
         sizes=bert.SIZES,
         flops_per_token=bert.flops_per_token,
+        heads={
+            "masked_lm": bert.BertForPretraining,
+            "classification": bert.BertForClassification,
+            "extractive_qa": bert.BertForQuestionAnswering,
+        },
+        control_symbols=bert.CONTROL_SYMBOLS,
     ),
 }
 
 
 def build(
-    config: ml_collections.ConfigDict, vocab_size: int | None = None
+    config: ml_collections.ConfigDict, vocab_size: int | None = None, **head_kwargs: Any
 ) -> tuple[nn.Module, Any]:
-    """Returns (linen module, its hyper-parameters) for a run config."""
+    """Returns (linen module, its hyper-parameters) for a run config.
+
+    The module carries config.task's head; `head_kwargs` size it (e.g. num_labels).
+    """
     family = MODELS[config.model.family]
     model_config = family.make_config(config, vocab_size)
-    return family.module(model_config), model_config
+    return family.module_for(config.task)(model_config, **head_kwargs), model_config

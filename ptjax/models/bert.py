@@ -52,6 +52,10 @@ from ptjax.models import layers
 Array = jax.Array
 
 
+# Control pieces of a ptjax BERT tokenizer, at ids 4, 5, 6 (see ptjax.data.mlm).
+CONTROL_SYMBOLS = ("[CLS]", "[SEP]", "[MASK]")
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     vocab_size: int

@@ -1,15 +1,33 @@
 """The task registry: a task supplies its input pipeline, its loss and its eval metrics.
 
-The trainer loop, checkpointing and logging are shared by every task.
+The trainer loop, checkpointing and logging are shared by every task. `create` makes a task for
+one run: tasks that depend on the data (the number of labels, say) read it in `setup`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import ml_collections
+
 from ptjax.tasks.base import Task
 from ptjax.tasks.causal_lm import CausalLM
+from ptjax.tasks.classification import Classification
+from ptjax.tasks.masked_lm import MaskedLM
 
-TASKS: dict[str, Task] = {
-    "causal_lm": CausalLM(),
+TASKS: dict[str, type] = {
+    "causal_lm": CausalLM,
+    "masked_lm": MaskedLM,
+    "classification": Classification,
 }
 
-__all__ = ["TASKS", "Task"]
+
+def create(config: ml_collections.ConfigDict, *, data_dir: str) -> tuple[Task, dict[str, Any]]:
+    """(the task of config.task set up for this run, keyword arguments of its model head)."""
+    task = TASKS[config.task]()
+    setup = getattr(task, "setup", None)
+    head_kwargs = setup(config, data_dir=data_dir) if setup else {}
+    return task, head_kwargs
+
+
+__all__ = ["TASKS", "Task", "create"]

@@ -51,6 +51,9 @@ class CausalLM:
             "weight": jnp.sum(weights),
         }
 
+    def metric_names(self) -> tuple[str, ...]:
+        return ("loss", "accuracy", "perplexity")
+
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         weight = max(float(sums["weight"]), 1.0)
         loss = float(sums["loss_sum"]) / weight

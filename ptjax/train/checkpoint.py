@@ -17,6 +17,7 @@ Resume order (trainer.py): this workdir's latest checkpoint, then `init_checkpoi
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any
@@ -239,11 +240,69 @@ class Checkpointer:
         self._manager.close()
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
-    """Parameters from a checkpoint step directory (or a workdir's latest), read-only.
+class BestParams:
+    """WORKDIR/best/<step>: the parameters of the best eval so far by `config.best_metric`.
 
-    Used for `init_checkpoint`: the source is never written to.
+    One Orbax step directory (the newest best replaces the previous one), laid out like a
+    training checkpoint's `state` item with parameters only, so `init_checkpoint`,
+    `scripts/evaluate.py --checkpoint=best` and `Generator.from_workdir` read it directly. The
+    metric, its value and step are kept in WORKDIR/best/best.json, which a resumed run reads.
     """
+
+    RECORD = "best.json"
+
+    def __init__(self, directory: str, metric: str, mode: str):
+        self.directory = epath.Path(directory)
+        self.metric, self.mode = metric, mode
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            item_handlers={"state": ocp.StandardCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, enable_async_checkpointing=False
+            ),
+        )
+        self.value: float | None = None
+        self.step: int | None = None
+        record = self.directory / self.RECORD
+        if record.exists():
+            saved = json.loads(record.read_text())
+            if saved.get("metric") == metric and saved.get("mode") == mode:
+                self.value, self.step = saved["value"], saved["step"]
+
+    def update(self, step: int, metrics: dict[str, float], params: Any) -> bool:
+        """Saves `params` if metrics[metric] beats the best so far; returns whether it did."""
+        if self.metric not in metrics:
+            raise KeyError(
+                f"Config key best_metric={self.metric!r} is not an eval metric; the eval "
+                f"metrics are {', '.join(sorted(metrics))}."
+            )
+        value = float(metrics[self.metric])
+        better = self.value is None or (
+            value > self.value if self.mode == "max" else value < self.value
+        )
+        if not better or not np.isfinite(value):
+            return False
+        if self.step == step:
+            return False
+        self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}))
+        )
+        self._manager.wait_until_finished()
+        self.value, self.step = value, step
+        if jax.process_index() == 0:
+            record = {"metric": self.metric, "mode": self.mode, "value": value, "step": step}
+            tmp = self.directory / (self.RECORD + ".tmp")
+            tmp.write_text(json.dumps(record, indent=2))
+            tmp.rename(self.directory / self.RECORD)
+        return True
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _step_directory(path: str) -> epath.Path:
+    """The checkpoint step directory of `path`: a step directory, a workdir or its checkpoints/."""
     root = epath.Path(path)
     if not root.exists():
         raise FileNotFoundError(f"init_checkpoint {path!r} does not exist.")
@@ -254,6 +313,16 @@ def restore_params(path: str, abstract_params: Any) -> Any:
         if not steps:
             raise FileNotFoundError(f"init_checkpoint {path!r} holds no checkpoint steps.")
         root = root / str(steps[-1])
+    return root
+
+
+def restore_params(path: str, abstract_params: Any) -> Any:
+    """Parameters from a checkpoint step directory (or a workdir's latest), read-only.
+
+    Every parameter of the model must be in the checkpoint with its shape, and nothing else.
+    The source is never written to.
+    """
+    root = _step_directory(path)
     handler = ocp.StandardCheckpointHandler()
     meta = _read(root, handler.metadata, root / "state")
     tree = meta.tree if hasattr(meta, "tree") else meta
@@ -266,6 +335,68 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     # keep its parameters.
     full = _read(root, ocp.Checkpointer(handler).restore, root / "state")
     return jax.tree.map(np.asarray, full["params"])
+
+
+@dataclasses.dataclass
+class PartialRestore:
+    """What `restore_matching_params` took from a checkpoint and what it left."""
+
+    params: Any  # The model's parameters: restored where the checkpoint has them, else `fresh`.
+    source: str  # The step directory read.
+    restored: list[str]  # Parameter paths taken from the checkpoint.
+    fresh: list[str]  # Model parameters the checkpoint lacks (e.g. a new task head).
+    ignored: list[str]  # Checkpoint parameters the model lacks (e.g. the pretraining head).
+
+
+def restore_matching_params(path: str, fresh_params: Any) -> PartialRestore:
+    """Fine-tuning restore: every parameter the checkpoint and the model share, by path.
+
+    `fresh_params` (host or device arrays) are the model's newly initialised parameters; those
+    the checkpoint lacks keep their fresh values (a new head), checkpoint parameters the model
+    lacks are ignored (an old head). A shared parameter of another shape is an error naming it
+    (a different vocabulary shows up as the word embeddings), as is a checkpoint that shares
+    nothing with the model. The source is only read.
+    """
+    root = _step_directory(path)
+    handler = ocp.StandardCheckpointHandler()
+    meta = _read(root, handler.metadata, root / "state")
+    tree = meta.tree if hasattr(meta, "tree") else meta
+    want = _flat(fresh_params)
+    have = _flat(tree["params"])
+    shared = sorted(set(want) & set(have))
+    bad = [
+        f"{'/'.join(map(str, k))}: checkpoint has shape {tuple(have[k].shape)}, model expects "
+        f"{tuple(want[k].shape)}"
+        for k in shared
+        if tuple(have[k].shape) != tuple(want[k].shape)
+    ]
+    if bad:
+        hint = ""
+        if any("embedding" in line for line in bad):
+            hint = (
+                "\n(An embedding table of another size usually means another tokenizer: use the "
+                "source run's tokenizer, or leave tokenizer.path empty to take it from there.)"
+            )
+        raise CheckpointMismatchError(
+            f"init_checkpoint {root} does not fit the model:\n  " + "\n  ".join(bad[:20]) + hint
+        )
+    if not shared:
+        raise CheckpointMismatchError(
+            f"init_checkpoint {root} shares no parameter with the model (it holds "
+            f"{', '.join(sorted({str(k[0]) for k in have}))}; the model has "
+            f"{', '.join(sorted({str(k[0]) for k in want}))})."
+        )
+    full = _read(root, ocp.Checkpointer(handler).restore, root / "state")
+    saved = _flat(full["params"])
+    merged = {k: np.asarray(saved[k]) if k in have else np.asarray(v) for k, v in want.items()}
+    name = lambda keys: ["/".join(map(str, k)) for k in sorted(keys)]  # noqa: E731
+    return PartialRestore(
+        params=traverse_util.unflatten_dict(merged),
+        source=str(root),
+        restored=name(shared),
+        fresh=name(set(want) - set(have)),
+        ignored=name(set(have) - set(want)),
+    )
 
 
 def _everywhere(ok: bool) -> bool:

@@ -28,10 +28,11 @@ from ptjax.data.tokenizer import Tokenizer, check_vocab, train_tokenizer
 from ptjax.train import lock, optim, parallel, preemption, steps
 from ptjax.train import metrics as metrics_lib
 from ptjax.train.checkpoint import (
+    BestParams,
     Checkpointer,
     CheckpointMismatchError,
     CorruptCheckpointError,
-    restore_params,
+    restore_matching_params,
 )
 from ptjax.train.state import TrainState
 
@@ -48,6 +49,8 @@ _WORKDIR_ENTRIES = (
     "profile",
     "samples",
     "run.lock",
+    "results",
+    "best",
 )
 
 
@@ -96,10 +99,23 @@ def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.tokenizer.path or os.path.join(workdir, TOKENIZER_FILE)
 
 
+def source_tokenizer(init_checkpoint: str) -> str | None:
+    """The tokenizer of the run an `init_checkpoint` comes from (a workdir, its checkpoints/ or
+    best/ directory, or a step directory in them), if that run has one."""
+    path = os.path.abspath(init_checkpoint)
+    for _ in range(3):
+        candidate = os.path.join(path, TOKENIZER_FILE)
+        if os.path.exists(candidate):
+            return candidate
+        path = os.path.dirname(path)
+    return None
+
+
 def load_or_train_tokenizer(
     config: ml_collections.ConfigDict, workdir: str, data_dir: str
 ) -> Tokenizer:
-    """The configured tokenizer, the one cached in the workdir, or a new one trained there."""
+    """The configured tokenizer, the one cached in the workdir, the init_checkpoint run's (copied
+    into the workdir), or a new one trained there."""
     path = tokenizer_path(config, workdir)
     if config.tokenizer.path:
         try:
@@ -107,6 +123,18 @@ def load_or_train_tokenizer(
         except (OSError, ValueError) as e:
             raise config_lib.ConfigError(f"Config key tokenizer.path: {e}") from None
     if os.path.exists(path):
+        return Tokenizer(path)
+    source = source_tokenizer(config.init_checkpoint) if config.init_checkpoint else None
+    if source is not None:
+        if jax.process_index() == 0:
+            logging.info("Using the tokenizer of init_checkpoint's run: %s -> %s", source, path)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(source, "rb") as f:
+                data = f.read()
+            with open(path + ".tmp", "wb") as f:
+                f.write(data)
+            os.replace(path + ".tmp", path)
+        multihost_utils.sync_global_devices("ptjax tokenizer copied")
         return Tokenizer(path)
     if jax.process_index() == 0:
         logging.info(
@@ -128,6 +156,7 @@ def load_or_train_tokenizer(
             path,
             vocab_size=config.tokenizer.vocab_size,
             model_type=config.tokenizer.model_type,
+            control_symbols=models.MODELS[config.model.family].control_symbols,
         )
     multihost_utils.sync_global_devices("ptjax tokenizer written")
     return Tokenizer(path)
@@ -161,16 +190,43 @@ def init_state(config: ml_collections.ConfigDict, model: Any, tx: Any) -> TrainS
     return TrainState.create(init_params(config, model, init_rng), tx, state_rng)
 
 
-def evaluate(p_eval_step: Any, params: Any, batches: Any, task: Any) -> dict[str, float]:
-    """Task metrics over the whole eval split; one device-to-host transfer at the end."""
+def eval_sums(p_eval_step: Any, params: Any, batches: Any) -> dict[str, np.ndarray]:
+    """The task's metric sums over the whole eval split (all devices and processes), on the
+    host; one device-to-host transfer at the end."""
     total = None
     for batch in batches:
         sums = p_eval_step(params, batch)
         total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
     if total is None:
         raise ValueError("The eval split yielded no batches.")
-    host = jax.tree.map(lambda x: float(np.asarray(x).reshape(-1)[0]), jax.device_get(total))
-    return task.summarize(host)
+    # Every device holds the psum; the first one's copy is the total.
+    return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(total))
+
+
+def evaluate(p_eval_step: Any, params: Any, batches: Any, task: Any) -> dict[str, float]:
+    """Task metrics over the whole eval split."""
+    return task.summarize(eval_sums(p_eval_step, params, batches))
+
+
+def write_results(
+    workdir: str, split: str, step: int, metrics: dict[str, float], details: dict[str, Any]
+) -> str:
+    """WORKDIR/results/<split>_step_<step>.json (process 0; an existing file is never replaced:
+    a second evaluation of the same step gets a numbered name)."""
+    directory = os.path.join(workdir, "results")
+    path = os.path.join(directory, f"{split}_step_{step}.json")
+    if jax.process_index() != 0:
+        return path
+    os.makedirs(directory, exist_ok=True)
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(directory, f"{split}_step_{step}.{n}.json")
+    record = {"split": split, "step": step, "metrics": metrics, **details}
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def write_samples(
@@ -251,8 +307,8 @@ def _train_and_evaluate(
     stop_after_steps: int | None,
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
-    task = tasks.TASKS[config.task]
     data_dir = default_data_dir(config)
+    task, head_kwargs = tasks.create(config, data_dir=data_dir)
     num_devices = jax.local_device_count()
     global_batch = config.per_device_batch_size * jax.device_count()
     checkpoint_dir = os.path.join(workdir, "checkpoints")
@@ -273,7 +329,7 @@ def _train_and_evaluate(
         _lock_workdir(workdir, cleanup)
         locked = True
     tokenizer = load_or_train_tokenizer(config, workdir, data_dir)
-    model, model_config = models.build(config, tokenizer.vocab_size)
+    model, model_config = models.build(config, tokenizer.vocab_size, **head_kwargs)
     check_tokenizer_fits(config, tokenizer, model_config)
 
     abstract_params = jax.eval_shape(
@@ -284,8 +340,24 @@ def _train_and_evaluate(
     latest = checkpointer.newest_compatible(abstract_state) if checkpointer else None
     imported = None
     if latest is None and config.init_checkpoint:
-        logging.info("Initialising parameters from %s", config.init_checkpoint)
-        imported = restore_params(config.init_checkpoint, abstract_state.params)
+        # Fresh parameters first: the checkpoint replaces those it shares with the model, and
+        # a new task head keeps its initialisation.
+        fresh = jax.device_get(
+            jax.jit(functools.partial(init_params, config, model))(
+                jax.random.split(jax.random.PRNGKey(config.seed))[0]
+            )
+        )
+        imported = restore_matching_params(config.init_checkpoint, fresh)
+        logging.info(
+            "Initialised %d parameter arrays from %s; %d fresh (%s); %d of the checkpoint "
+            "unused (%s).",
+            len(imported.restored),
+            imported.source,
+            len(imported.fresh),
+            ", ".join(imported.fresh) or "none",
+            len(imported.ignored),
+            ", ".join(imported.ignored) or "none",
+        )
     data_kwargs = dict(
         data_dir=data_dir,
         process_index=jax.process_index(),
@@ -294,6 +366,12 @@ def _train_and_evaluate(
     )
     train_iter = task.train_batches(config, tokenizer, **data_kwargs)
     task.eval_batches(config, tokenizer, **data_kwargs)  # A bad eval split fails now, not later.
+    names = task.metric_names()
+    if config.best_metric and config.best_metric not in names:
+        raise config_lib.ConfigError(
+            f"Config key best_metric={config.best_metric!r} is not an eval metric of task "
+            f"{config.task!r}; choose one of {', '.join(names)}."
+        )
 
     # From here on the workdir is written.
     if not locked:
@@ -311,7 +389,7 @@ def _train_and_evaluate(
     else:
         state = jax.jit(functools.partial(init_state, config, model, tx))()
         if imported is not None:
-            state = TrainState.create(imported, tx, state.rng)
+            state = TrainState.create(imported.params, tx, state.rng)
     writer = metrics_lib.create_writer(workdir)
     cleanup.callback(writer.close)
     if restored is None:
@@ -334,6 +412,11 @@ def _train_and_evaluate(
     )
     p_eval_step = parallel.pmap_eval_step(steps.eval_step, model=model, task=task)
     state = parallel.replicate(state)
+    best = None
+    if config.best_metric:
+        best_dir = os.path.join(workdir, "best")
+        best = BestParams(best_dir, config.best_metric, config.best_metric_mode)
+        cleanup.callback(best.close)
 
     generator = None
     family = models.MODELS[config.model.family]
@@ -394,13 +477,23 @@ def _train_and_evaluate(
             writer.flush()
         if done % config.eval_every_steps == 0 or last:
             eval_iter = task.eval_batches(config, tokenizer, **data_kwargs)
-            eval_metrics = evaluate(p_eval_step, state.params, eval_iter, task)
+            sums = eval_sums(p_eval_step, state.params, eval_iter)
+            eval_metrics = task.summarize(sums)
             writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
+            details = task.details(sums) if hasattr(task, "details") else {}
+            write_results(workdir, config.dataset.eval_split, done, eval_metrics, details)
             logging.info(
                 "eval at step %d: %s",
                 done,
                 "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()),
             )
+            if best is not None:
+                try:
+                    improved = best.update(done, eval_metrics, parallel.unreplicate(state.params))
+                except KeyError as e:
+                    raise config_lib.ConfigError(e.args[0]) from None
+                if improved:
+                    logging.info("New best %s=%.4f at step %d", best.metric, best.value, done)
         if generator is not None and (done % config.sample_every_steps == 0 or last):
             write_samples(generator, parallel.unreplicate(state.params), config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last or stopping:
