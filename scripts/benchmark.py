@@ -1,6 +1,12 @@
-"""Times ptjax's full train step against Hugging Face GPT-2 in PyTorch, in turns, in one run.
+"""Times ptjax against Hugging Face GPT-2 in PyTorch, in turns, in one run.
 
-    python scripts/benchmark.py --model=gpt     # 'bench' GPT, 8 x 256 tokens, ~4 min on 2 cores
+    python scripts/benchmark.py --model=gpt     # train step: 'bench' GPT, 8 x 256 tokens, ~4 min
+    python scripts/benchmark.py --model=gpt --what=generate   # 8 prompts x 32, 128 new, greedy
+
+--what=train times the full train step (forward, backward, AdamW); --what=generate one greedy
+decode of --per_device_batch_size prompts of --prompt_len tokens with --max_new_tokens new ones,
+KV cache on both sides (ptjax.decoding vs `GPT2LMHeadModel.generate(use_cache=True)`), both
+forced to produce every new token (no stop on EOS); its rate is new tokens/s.
 
 Each side runs in its own worker process (so peak memory is per side), pinned to the same
 --threads CPUs, on the same synthetic token batches. The parent times them in turns -- a block of
@@ -30,7 +36,7 @@ from absl import app, flags
 from ptjax import runtime
 
 MODELS = ("gpt",)  # 'bert' and 't5' join as their issues land.
-WHATS = ("train",)  # 'generate' joins with decoding.
+WHATS = ("train", "generate")
 
 FLAGS = flags.FLAGS
 
@@ -50,6 +56,8 @@ class Options:
     size: str = "bench"
     per_device_batch_size: int = 8
     seq_len: int = 256
+    prompt_len: int = 32
+    max_new_tokens: int = 128
     steps: int = 3
     rounds: int = 6
     warmup_steps: int = 2
@@ -67,11 +75,11 @@ class Options:
                 "('bert' and 't5' are added with their model issues)."
             )
         if self.what not in WHATS:
-            raise ValueError(
-                f"--what={self.what!r} is not benchmarked yet; known: {', '.join(WHATS)} "
-                "('generate' is added with decoding)."
-            )
-        for name in ("per_device_batch_size", "seq_len", "steps", "rounds"):
+            raise ValueError(f"--what={self.what!r} is not benchmarked; known: {', '.join(WHATS)}.")
+        for name in ("per_device_batch_size", "seq_len", "prompt_len", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("steps", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.warmup_steps < 0 or self.threads < 0:
@@ -157,6 +165,49 @@ def _block(step: Callable[[int], None], finish: Callable[[], None], steps: int, 
     }
 
 
+def _ptjax_model(opts: Options) -> tuple[Any, ...]:
+    """(config, model, model config, family, params, state rng) as trainer.init_state makes them."""
+    import jax
+    import numpy as np
+
+    from ptjax import config as config_lib
+    from ptjax import config_presets, models
+
+    config = config_presets.gpt_config(opts.size)
+    config.seq_len = opts.seq_len
+    config.per_device_batch_size = opts.per_device_batch_size
+    config.seed = opts.seed
+    config_lib.validate(config)
+    model, model_config = models.build(config)
+    family = models.MODELS[config.model.family]
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    dummy = np.zeros((1, config.seq_len), np.int32)
+    params = jax.jit(lambda r: model.init(r, dummy, dummy, dummy)["params"])(init_rng)
+    return config, model, model_config, family, params, state_rng
+
+
+def _hf_gpt2_config(cfg: dict[str, Any], attention: str) -> Any:
+    """transformers' GPT2Config of ptjax's GPT hyper-parameters (`cfg`, as a dict)."""
+    import transformers
+
+    return transformers.GPT2Config(
+        vocab_size=cfg["vocab_size"],
+        n_positions=cfg["max_len"],
+        n_embd=cfg["d_model"],
+        n_layer=cfg["num_layers"],
+        n_head=cfg["num_heads"],
+        n_inner=cfg["d_ff"],
+        activation_function="gelu_new",  # The tanh GELU, as ptjax's GPT.
+        resid_pdrop=cfg["dropout_rate"],
+        embd_pdrop=cfg["dropout_rate"],
+        attn_pdrop=cfg["dropout_rate"],
+        layer_norm_epsilon=cfg["layer_norm_eps"],
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation=attention,
+    )
+
+
 class _PtjaxSide:
     """ptjax's real train step: steps.train_step under parallel.pmap_train_step, as the trainer."""
 
@@ -164,29 +215,17 @@ class _PtjaxSide:
         import jax
         import numpy as np
 
-        from ptjax import config as config_lib
-        from ptjax import config_presets, models, tasks
+        from ptjax import tasks
         from ptjax.train import optim, parallel, steps
         from ptjax.train.state import TrainState
 
-        config = config_presets.gpt_config(opts.size)
-        config.seq_len = opts.seq_len
-        config.per_device_batch_size = opts.per_device_batch_size
-        config.seed = opts.seed
-        config_lib.validate(config)
-        model, model_config = models.build(config)
-        family = models.MODELS[config.model.family]
+        config, model, model_config, family, params, state_rng = _ptjax_model(opts)
         self.devices = jax.local_device_count()
         rows = self.devices * opts.per_device_batch_size
-
-        # As trainer.init_state: parameters from a jitted init, then replicated once.
-        init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-        dummy = np.zeros((1, config.seq_len), np.int32)
-        params = jax.jit(lambda r: model.init(r, dummy, dummy, dummy)["params"])(init_rng)
         tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, params)
         self.state = parallel.replicate(TrainState.create(params, tx, state_rng))
         self.p_step = parallel.pmap_train_step(
-            steps.train_step, model=model, task=tasks.TASKS[config.task], tx=tx, schedule=schedule
+            steps.train_step, model=model, task=tasks.TASKS[config.task](), tx=tx, schedule=schedule
         )
         self.batches = []
         for k in range(4):
@@ -253,23 +292,7 @@ class _HFSide:
         torch.set_num_threads(threads)
         torch.manual_seed(opts.seed)
         cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
-        config = transformers.GPT2Config(
-            vocab_size=cfg["vocab_size"],
-            n_positions=cfg["max_len"],
-            n_embd=cfg["d_model"],
-            n_layer=cfg["num_layers"],
-            n_head=cfg["num_heads"],
-            n_inner=cfg["d_ff"],
-            activation_function="gelu_new",  # The tanh GELU, as ptjax's GPT.
-            resid_pdrop=cfg["dropout_rate"],
-            embd_pdrop=cfg["dropout_rate"],
-            attn_pdrop=cfg["dropout_rate"],
-            layer_norm_epsilon=cfg["layer_norm_eps"],
-            bos_token_id=0,
-            eos_token_id=0,
-            attn_implementation=opts.hf_attention,
-        )
-        self.model = transformers.GPT2LMHeadModel(config)
+        self.model = transformers.GPT2LMHeadModel(_hf_gpt2_config(cfg, opts.hf_attention))
         self.model.train()
         # ptjax's optimizer: AdamW, no decay on biases, LayerNorms or embeddings, clipping.
         decay, plain = [], []
@@ -338,6 +361,135 @@ class _HFSide:
         return 2 * n**3 / best
 
 
+def _prompts(opts: Options, rows: int, vocab_size: int, seed: int) -> Any:
+    """[rows, prompt_len] random token ids (no padding: every prompt is full length)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, vocab_size, (rows, opts.prompt_len), dtype=np.int32)
+
+
+def _decode_flops_per_token(family: Any, model_config: Any, opts: Options) -> float:
+    """Forward FLOPs per new token: a third of the train step's at the mean context length."""
+    return family.flops_per_token(model_config, opts.prompt_len + opts.max_new_tokens // 2) / 3
+
+
+class _PtjaxGenerateSide:
+    """ptjax.decoding's greedy loop with the GPT KV cache, jitted as Generator runs it."""
+
+    def __init__(self, opts: Options):
+        import jax
+        import numpy as np
+
+        from ptjax.decoding.search import DecodeConfig, sample
+
+        if opts.prompt_len + opts.max_new_tokens > opts.seq_len:
+            opts = dataclasses.replace(opts, seq_len=opts.prompt_len + opts.max_new_tokens)
+        config, model, model_config, family, params, _ = _ptjax_model(opts)
+        # eos_id -1 never matches: every row decodes all max_new_tokens, as the baseline.
+        cfg = DecodeConfig(max_new_tokens=opts.max_new_tokens, eos_id=-1, pad_id=0)
+        prefill, step = family.decode_fns(model, cfg.max_new_tokens)
+
+        def run(params, tokens, mask):
+            params = family.decode_params(params)
+            return sample(prefill, step, params, tokens, mask, jax.random.PRNGKey(0), cfg)
+
+        self.run = jax.jit(run)
+        self.params = params
+        rows = opts.per_device_batch_size
+        self.prompts = [
+            _prompts(opts, rows, model_config.vocab_size, opts.seed + k) for k in range(4)
+        ]
+        self.mask = np.ones((rows, opts.prompt_len), bool)
+        self.new_tokens = 0
+        self.info = {
+            "name": f"ptjax {config.model.family}/{opts.size} decode",
+            "devices": 1,
+            "rows": rows,
+            "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+            "flops_per_token": float(_decode_flops_per_token(family, model_config, opts)),
+            "model_config": dataclasses.asdict(model_config),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        }
+
+    def step(self, i: int) -> None:
+        import numpy as np
+
+        tokens, lengths = self.run(self.params, self.prompts[i % len(self.prompts)], self.mask)
+        self.tokens = np.asarray(tokens)  # On the host, as Generator returns them.
+        self.new_tokens = int(np.asarray(lengths).sum())
+
+    def finish(self) -> None:
+        expected = self.info["rows"] * self.tokens.shape[1]
+        if self.new_tokens != expected:
+            raise RuntimeError(f"ptjax decoded {self.new_tokens} new tokens, not {expected}.")
+        self.last_loss = None  # Decoding has no loss.
+
+    matmul_flops = _PtjaxSide.matmul_flops
+
+
+class _HFGenerateSide:
+    """transformers' `GPT2LMHeadModel.generate`: greedy, use_cache=True, the same shape."""
+
+    def __init__(self, opts: Options, threads: int, setup: dict[str, Any]):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(opts.seed)
+        cfg = setup["model_config"]
+        config = _hf_gpt2_config(cfg, opts.hf_attention)
+        self.model = transformers.GPT2LMHeadModel(config).eval()
+        self.generation = transformers.GenerationConfig(
+            max_new_tokens=opts.max_new_tokens,
+            min_new_tokens=opts.max_new_tokens,  # As ptjax's side: no early stop on EOS.
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.eos_token_id,
+        )
+        self.torch = torch
+        self.prompts = [
+            torch.from_numpy(_prompts(opts, setup["rows"], cfg["vocab_size"], opts.seed + k))
+            for k in range(4)
+        ]
+        self.mask = torch.ones_like(self.prompts[0])
+        self.max_new_tokens = opts.max_new_tokens
+        self.info = {
+            "name": f"HF GPT2 generate ({opts.hf_attention})",
+            "rows": setup["rows"],
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def step(self, i: int) -> None:
+        prompt = self.prompts[i % len(self.prompts)]
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                input_ids=prompt, attention_mask=self.mask, generation_config=self.generation
+            )
+        self.new_tokens = (out.shape[1] - prompt.shape[1]) * out.shape[0]
+
+    def finish(self) -> None:
+        expected = self.info["rows"] * self.max_new_tokens
+        if self.new_tokens != expected:
+            raise RuntimeError(f"The baseline generated {self.new_tokens} tokens, not {expected}.")
+        self.last_loss = None  # Decoding has no loss.
+
+    matmul_flops = _HFSide.matmul_flops
+
+
+SIDES = {
+    ("train", "ptjax"): _PtjaxSide,
+    ("train", "hf"): _HFSide,
+    ("generate", "ptjax"): _PtjaxGenerateSide,
+    ("generate", "hf"): _HFGenerateSide,
+}
+
+
 def _serve(side_name: str, opts: Options) -> None:
     """The worker's loop: build, compile and warm up the side, then run blocks on request."""
     import resource
@@ -350,10 +502,11 @@ def _serve(side_name: str, opts: Options) -> None:
 
     cpus = _pin_threads(opts.threads)
     try:
+        side_class = SIDES[(opts.what, side_name)]
         if side_name == "ptjax":
-            side = _PtjaxSide(opts)
+            side = side_class(opts)
         else:
-            side = _HFSide(opts, len(cpus), json.loads(sys.stdin.readline()))
+            side = side_class(opts, len(cpus), json.loads(sys.stdin.readline()))
         start = time.perf_counter()
         side.step(0)
         side.finish()
@@ -464,7 +617,7 @@ def run_benchmark(opts: Options, log: Callable[[str], None] = print) -> dict[str
                 workers[key] = _Worker(side, setting, opts, env)
                 if side == "hf":
                     ptjax_info = infos[(setting, "ptjax")]
-                    setup = {k: ptjax_info[k] for k in ("rows", "model_config", "optimizer")}
+                    setup = {k: ptjax_info.get(k) for k in ("rows", "model_config", "optimizer")}
                     workers[key].send(setup)
                 infos[key] = workers[key].receive()
                 blocks[key] = []
@@ -486,7 +639,8 @@ def run_benchmark(opts: Options, log: Callable[[str], None] = print) -> dict[str
 
 def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
     ptjax_info = infos[(settings[0], "ptjax")]
-    tokens = ptjax_info["rows"] * opts.seq_len
+    # Tokens per timed step: a train step's rows x length, or a decode's new tokens.
+    tokens = ptjax_info["rows"] * (opts.seq_len if opts.what == "train" else opts.max_new_tokens)
     flops_per_token = ptjax_info["flops_per_token"]
     # The machine's rate: the best JAX fp32 matmul seen in any environment at any time of the
     # run (after start-up and after every block), the same denominator for both sides.
@@ -504,6 +658,8 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
         "devices": ptjax_info["devices"],
         "per_device_batch_size": opts.per_device_batch_size,
         "seq_len": opts.seq_len,
+        "prompt_len": opts.prompt_len if opts.what == "generate" else None,
+        "max_new_tokens": opts.max_new_tokens if opts.what == "generate" else None,
         "tokens_per_step": tokens,
         "threads": opts.threads,
         "rounds": opts.rounds,
@@ -576,9 +732,19 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
 
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable summary printed before the JSON line."""
+    if result["what"] == "train":
+        shape = (
+            f"train step, {result['devices']} device(s) x {result['per_device_batch_size']} x "
+            f"{result['seq_len']} tokens"
+        )
+    else:
+        shape = (
+            f"greedy decode with KV cache, {result['per_device_batch_size']} prompts x "
+            f"{result['prompt_len']} tokens + {result['max_new_tokens']} new (rates: new tokens/s; "
+            "'1st step s' includes jit compile)"
+        )
     lines = [
-        f"{result['model']}/{result['size']} train step, {result['devices']} device(s) x "
-        f"{result['per_device_batch_size']} x {result['seq_len']} tokens, {result['threads']} "
+        f"{result['model']}/{result['size']} {shape}, {result['threads']} "
         f"threads per side, {result['rounds']} rounds x {result['steps_per_round']} steps; "
         f"{result['flops_per_token'] / 1e6:.1f} MFLOP/token; matmul rate "
         f"{result['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s (JAX fp32 {MATMUL_SIZE}^3, best)",
@@ -616,12 +782,19 @@ def format_table(result: dict[str, Any]) -> str:
 def define_flags() -> None:
     """The command line; defined only when run as a script, so that tests can import it."""
     flags.DEFINE_string("model", "gpt", "Model family to time; only 'gpt' so far.")
-    flags.DEFINE_string("what", "train", "What to time: 'train' (forward, backward, AdamW update).")
+    flags.DEFINE_enum(
+        "what",
+        "train",
+        list(WHATS),
+        "train: forward, backward, AdamW update; generate: greedy decoding with the KV cache.",
+    )
     flags.DEFINE_string("size", "bench", "ptjax size name (ptjax.models.gpt.SIZES).")
     flags.DEFINE_integer(
         "per_device_batch_size", 8, "Rows per device (the baseline gets them all)."
     )
-    flags.DEFINE_integer("seq_len", 256, "Tokens per row.")
+    flags.DEFINE_integer("seq_len", 256, "Tokens per row (--what=train).")
+    flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per row (--what=generate).")
+    flags.DEFINE_integer("max_new_tokens", 128, "New tokens per row (--what=generate).")
     flags.DEFINE_integer("steps", 3, "Timed steps per block.")
     flags.DEFINE_integer("rounds", 6, "Blocks per side; the sides take turns.")
     flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after the first (compiling) one.")
@@ -646,6 +819,8 @@ def main(argv: list[str]) -> None:
         size=FLAGS.size,
         per_device_batch_size=FLAGS.per_device_batch_size,
         seq_len=FLAGS.seq_len,
+        prompt_len=FLAGS.prompt_len,
+        max_new_tokens=FLAGS.max_new_tokens,
         steps=FLAGS.steps,
         rounds=FLAGS.rounds,
         warmup_steps=FLAGS.warmup_steps,

@@ -63,8 +63,34 @@ def test_unknown_model_and_what_are_refused_by_name():
     bench = _script()
     with pytest.raises(ValueError, match="--model='bert'"):
         bench.Options(model="bert").check()
-    with pytest.raises(ValueError, match="--what='generate'"):
-        bench.Options(what="generate").check()
+    with pytest.raises(ValueError, match="--what='score'"):
+        bench.Options(what="score").check()
+    with pytest.raises(ValueError, match="--max_new_tokens"):
+        bench.Options(what="generate", max_new_tokens=0).check()
+
+
+def test_generate_against_hf_generate_counts_new_tokens():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    bench = _script()
+    opts = bench.Options(
+        what="generate",
+        size="tiny",
+        per_device_batch_size=2,
+        prompt_len=4,
+        max_new_tokens=5,
+        steps=1,
+        rounds=2,
+        warmup_steps=0,
+        env_tuning="off",
+    )
+    result = bench.run_benchmark(opts, log=lambda line: None)
+    json.loads(json.dumps(result))
+    assert result["tokens_per_step"] == 2 * 5  # New tokens only, every row decoded in full.
+    side = result["settings"]["off"]
+    assert side["ptjax"]["parameters"] == side["hf"]["parameters"]
+    assert side["ptjax"]["last_loss"] is None and result["speedup"] > 0
+    assert "greedy decode" in bench.format_table(result)
 
 
 def test_tuning_is_added_and_removed_keeping_the_users_settings():
