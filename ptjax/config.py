@@ -280,3 +280,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"Config key sample_max_new_tokens={config.sample_max_new_tokens} must lie in "
             f"[1, {max_len - 1}]: a sample (prompt included) fits the model's max_len={max_len}."
         )
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with (WORKDIR/config.json), on today's schema.
+
+    Keys added to the schema since the run started take their defaults; keys the schema no
+    longer has are dropped. Tuples saved as JSON lists become tuples again.
+    """
+    import json
+    import os
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a ptjax run directory.")
+    with open(path) as f:
+        saved = json.load(f)
+    config = base_config()
+    schema = _flatten(config)
+
+    def put(tree: dict, prefix: str = "") -> None:
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                put(value, name + ".")
+            elif name in schema:
+                if isinstance(schema[name], tuple):
+                    value = tuple(value)
+                node = config
+                *parents, leaf = name.split(".")
+                for parent in parents:
+                    node = node[parent]
+                node[leaf] = value
+
+    put(saved)
+    return config

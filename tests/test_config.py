@@ -27,7 +27,9 @@ def _load(path, arg=None):
 def test_config_file_loads_validates_and_builds(path):
     config = _load(path)
     config_lib.validate(config)
-    model, model_config = models.build(config)
+    # A classification head takes its size from the data; any size builds the model here.
+    head_kwargs = {"num_labels": 2} if config.task == "classification" else {}
+    model, model_config = models.build(config, **head_kwargs)
     x = jnp.zeros((1, config.seq_len), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))  # No allocation.
     assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) > 0
@@ -37,6 +39,8 @@ def test_config_file_loads_validates_and_builds(path):
 def test_config_files_exist():
     names = {os.path.basename(p) for p in CONFIG_FILES}
     assert {"gpt_tiny.py", "gpt_small.py", "gpt_medium.py", "gpt_large.py", "gpt_xl.py"} <= names
+    bert = {f"bert_{size}.py" for size in ("tiny", "mini", "small", "base", "large")}
+    assert bert | {"bert.py", "bert_classify.py"} <= names
 
 
 def test_variant_argument():

@@ -8,32 +8,22 @@ print(gen.generate(["In the beginning"], max_new_tokens=40, temperature=0.8, top
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from ptjax import models
+from ptjax.config import load_run_config
 from ptjax.data.tokenizer import Tokenizer, check_vocab
 from ptjax.decoding.search import DecodeConfig, beam_search, sample
 from ptjax.train import parallel
 from ptjax.train.checkpoint import restore_params
 
 _PROMPT_BUCKET = 16  # Prompt widths are rounded up to a multiple of this to reuse compilations.
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was trained with (WORKDIR/config.json)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a ptjax run directory.")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int) -> tuple[np.ndarray, ...]:

@@ -1,0 +1,99 @@
+"""Evaluates a saved checkpoint of a run on any split: what `scripts/evaluate.py` runs.
+
+    from ptjax.train.evaluator import evaluate_checkpoint
+    result = evaluate_checkpoint("runs/spam", split="test", checkpoint="best")
+    result.metrics["f1/spam"]
+
+The run's own config, tokenizer and task are used; the split is read whole on all local
+devices (the last batch padded, nothing dropped or counted twice), and the metrics are written
+to WORKDIR/results/<split>_step_<N>.json (a new file; nothing in the workdir is replaced).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+from etils import epath
+
+from ptjax import models, tasks
+from ptjax.config import load_run_config
+from ptjax.data.tokenizer import Tokenizer
+from ptjax.train import parallel, steps, trainer
+from ptjax.train.checkpoint import restore_params
+
+
+@dataclasses.dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    details: dict[str, Any]  # E.g. the confusion matrix and label names.
+    split: str
+    step: int
+    checkpoint: str
+    results_file: str | None
+
+
+def resolve_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[str, int]:
+    """(step directory, step) for 'latest', 'best', a step number, or a path."""
+    root = epath.Path(workdir)
+    if checkpoint in ("latest", "best"):
+        directory = root / ("checkpoints" if checkpoint == "latest" else "best")
+        steps_found = sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit())
+        if not steps_found:
+            what = "checkpoints" if checkpoint == "latest" else "best checkpoint (set best_metric)"
+            raise FileNotFoundError(f"{workdir!r} holds no {what} in {directory}.")
+        return str(directory / str(steps_found[-1])), steps_found[-1]
+    if checkpoint.isdigit():
+        path = root / "checkpoints" / checkpoint
+        if not path.exists():
+            raise FileNotFoundError(f"{workdir!r} has no checkpoint step {checkpoint} ({path}).")
+        return str(path), int(checkpoint)
+    path = epath.Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint={checkpoint!r} does not exist.")
+    return str(path), int(path.name) if path.name.isdigit() else -1
+
+
+def evaluate_checkpoint(
+    workdir: str,
+    *,
+    split: str | None = None,
+    checkpoint: str = "latest",
+    write: bool = True,
+) -> EvalResult:
+    """Metrics of one checkpoint of the run in `workdir` on `split` (default: its eval split)."""
+    config = load_run_config(workdir)
+    if split:
+        config.dataset.eval_split = split
+    config.dataset.max_eval_batches = 0  # The whole split.
+    data_dir = trainer.default_data_dir(config)
+    task, head_kwargs = tasks.create(config, data_dir=data_dir)
+    tokenizer = Tokenizer(trainer.tokenizer_path(config, workdir))
+    model, model_config = models.build(config, tokenizer.vocab_size, **head_kwargs)
+    trainer.check_tokenizer_fits(config, tokenizer, model_config)
+    path, step = resolve_checkpoint(workdir, checkpoint)
+    abstract = jax.eval_shape(
+        functools.partial(trainer.init_params, config, model), jax.random.PRNGKey(0)
+    )
+    params = parallel.replicate(restore_params(path, abstract))
+    p_eval_step = parallel.pmap_eval_step(steps.eval_step, model=model, task=task)
+    batches = task.eval_batches(
+        config,
+        tokenizer,
+        data_dir=data_dir,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        local_device_count=jax.local_device_count(),
+    )
+    sums = trainer.eval_sums(p_eval_step, params, batches)
+    metrics = task.summarize(sums)
+    details = task.details(sums) if hasattr(task, "details") else {}
+    details = {**details, "checkpoint": path}
+    results_file = None
+    if write:
+        results_file = trainer.write_results(
+            workdir, config.dataset.eval_split, step, metrics, details
+        )
+    return EvalResult(metrics, details, config.dataset.eval_split, step, path, results_file)
