@@ -1,7 +1,8 @@
 """Text corpora as TFDS builders, and `load_texts`, the one way the pipelines read documents.
 
-Local builders (`ptjax_bible`, `text_files`) prepare offline into `data_dir` on first use. TFDS
-catalogue datasets (`lm1b`, `c4/en`, ...) are read only if already prepared: ptjax never downloads.
+Local builders (`ptjax_bible`, `text_files`, and the labelled `ptjax_spam` and `labeled_files` of
+`classification_corpora`) prepare offline into `data_dir` on first use. TFDS catalogue datasets
+(`lm1b`, `c4/en`, ...) are read only if already prepared: ptjax never downloads.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ tf = import_tf()
 
 import tensorflow_datasets as tfds  # noqa: E402  (after import_tf: TF must be set up first)
 
-LOCAL_DATASETS = ("ptjax_bible", "text_files")
+LOCAL_DATASETS = ("ptjax_bible", "text_files", "ptjax_spam", "labeled_files")
 # A text_files document (line or file) longer than this is skipped, counted and logged with its
 # file and line: an enormous line is almost always a dump or a missing newline, not prose.
 MAX_DOCUMENT_BYTES = 16 << 20
@@ -348,12 +349,29 @@ def get_builder(
             document_per=config_dataset.document_per,
             data_dir=data_dir,
         )
+    elif name in ("ptjax_spam", "labeled_files"):
+        from ptjax.data import classification_corpora  # Here: that module imports this one.
+
+        if name == "ptjax_spam":
+            builder = classification_corpora.SpamAssassin(data_dir=data_dir)
+        else:
+            if not config_dataset.train_files:
+                raise DataError(
+                    "dataset.name='labeled_files' needs dataset.train_files (paths or globs of "
+                    ".csv/.jsonl files; eval_files and test_files give the other splits)."
+                )
+            builder = classification_corpora.LabeledTextFiles(
+                train_files=config_dataset.train_files,
+                validation_files=config_dataset.eval_files,
+                test_files=config_dataset.test_files,
+                data_dir=data_dir,
+            )
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as e:
             raise DataError(
-                f"dataset.name={name!r} is not 'ptjax_bible', 'text_files' or a TFDS catalogue "
+                f"dataset.name={name!r} is not one of {list(LOCAL_DATASETS)} or a TFDS catalogue "
                 "name (see https://www.tensorflow.org/datasets/catalog)."
             ) from e
         if not builder.is_prepared():

@@ -1,0 +1,156 @@
+"""BERT end to end on 8 fake devices: masked-LM pretraining -> classification fine-tuning from
+that checkpoint (encoder restored, head fresh) -> evaluation of the best checkpoint on the test
+split, through the trainer, scripts/evaluate.py's library and the Python API."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from test_train_e2e import read_scalars, snapshot
+
+from ptjax import TextClassifier
+from ptjax.config import ConfigError
+from ptjax.config_presets import bert_classification_config, bert_config
+from ptjax.data import classification_corpora
+from ptjax.train import checkpoint, evaluator, trainer
+
+SPAM_TEST_EXAMPLES = 528  # The bundled spam/ham set's fixed test split.
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _small(config, data_dir):
+    config.dataset.data_dir = data_dir
+    config.model.size = "tiny"
+    config.seq_len = 32
+    config.per_device_batch_size = 1  # x 8 fake devices.
+    config.optimizer.warmup_steps = 1
+    config.log_every_steps = 2
+    config.dataset.shuffle_buffer = 64
+    return config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+    config = _small(bert_config("tiny"), data_dir)
+    config.tokenizer.vocab_size = 400
+    config.tokenizer.max_sentences = 1500
+    config.total_steps = 4
+    config.eval_every_steps = 4
+    config.checkpoint_every_steps = 4
+    config.dataset.max_eval_batches = 2
+    workdir = str(tmp_path_factory.mktemp("bert_mlm"))
+    result = trainer.train_and_evaluate(config, workdir)
+    return workdir, result
+
+
+def test_masked_lm_pretraining_logs_mlm_metrics(pretrained):
+    workdir, result = pretrained
+    assert result["step"] == 4
+    assert np.isfinite(result["eval"]["loss"]) and 0.0 <= result["eval"]["accuracy"] <= 1.0
+    scalars = read_scalars(workdir)
+    assert {"train/loss", "eval/loss", "eval/accuracy", "eval/perplexity"} <= set(scalars)
+    assert os.path.exists(os.path.join(workdir, "results", "validation_step_4.json"))
+
+
+def _fine_tune_config(pretrained_dir, data_dir, **changes):
+    config = _small(bert_classification_config("tiny"), data_dir)
+    config.init_checkpoint = pretrained_dir
+    config.seq_len = 48
+    config.total_steps = 6
+    config.eval_every_steps = 3
+    config.checkpoint_every_steps = 3
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_fine_tune_restores_the_encoder_keeps_a_fresh_head_and_evaluates(
+    pretrained, data_dir, tmp_path
+):
+    source, _ = pretrained
+    before = snapshot(source)
+    config = _fine_tune_config(source, data_dir)
+    workdir = str(tmp_path / "spam")
+
+    # What init_checkpoint does: shared parameters from the checkpoint, the new head fresh.
+    from ptjax import models, tasks
+
+    task, head_kwargs = tasks.create(config, data_dir=data_dir)
+    assert head_kwargs == {"num_labels": 2} and task.label_names == ["ham", "spam"]
+    model, _ = models.build(config, 400, **head_kwargs)
+    fresh = jax.device_get(trainer.init_params(config, model, jax.random.PRNGKey(1)))
+    restored = checkpoint.restore_matching_params(source, fresh)
+    assert restored.fresh == ["classification/classifier/bias", "classification/classifier/kernel"]
+    assert all(name.startswith("mlm/") for name in restored.ignored)
+    saved = checkpoint.restore_matching_params(source, restored.params).params  # Idempotent.
+    np.testing.assert_array_equal(
+        saved["bert"]["embeddings"]["word_embeddings"]["embedding"],
+        restored.params["bert"]["embeddings"]["word_embeddings"]["embedding"],
+    )
+    np.testing.assert_array_equal(
+        restored.params["classification"]["classifier"]["kernel"],
+        fresh["classification"]["classifier"]["kernel"],
+    )
+
+    result = trainer.train_and_evaluate(config, workdir)
+    assert result["step"] == 6
+    assert snapshot(source) == before  # The pretraining run is only read.
+    # The source run's tokenizer came along.
+    assert os.path.exists(os.path.join(workdir, "tokenizer", "spm.model"))
+    scalars = read_scalars(workdir)
+    assert {"eval/accuracy", "eval/macro_f1", "eval/f1/spam", "eval/precision/ham"} <= set(scalars)
+    with open(os.path.join(workdir, "results", "validation_step_6.json")) as f:
+        record = json.load(f)
+    assert record["label_names"] == ["ham", "spam"]
+    cm = np.array(record["confusion_matrix"])
+    assert cm.sum() == record["metrics"]["examples"] == 519  # Every validation e-mail once.
+    with open(os.path.join(workdir, "best", "best.json")) as f:
+        best = json.load(f)
+    assert best["metric"] == "macro_f1" and best["step"] in (3, 6)
+
+    # The best checkpoint on the held-out test split: every test e-mail exactly once.
+    out = evaluator.evaluate_checkpoint(workdir, split="test", checkpoint="best")
+    assert out.step == best["step"] and out.metrics["examples"] == SPAM_TEST_EXAMPLES
+    assert np.array(out.details["confusion_matrix"]).sum() == SPAM_TEST_EXAMPLES
+    assert os.path.exists(out.results_file)
+    again = evaluator.evaluate_checkpoint(workdir, split="test", checkpoint="best")
+    assert again.results_file != out.results_file  # A second evaluation never overwrites.
+    assert again.metrics == out.metrics
+
+    # The Python API agrees with the evaluation on real test e-mails.
+    classify = TextClassifier.from_workdir(workdir, checkpoint="best")
+    records = [
+        r
+        for r in classification_corpora.spam_records()
+        if classification_corpora.spam_split(classification_corpora.spam_text(r)) == "test"
+    ][:40]
+    texts = [classification_corpora.spam_text(r) for r in records]
+    predictions = classify(texts)
+    assert len(predictions) == 40
+    assert all(p["label"] in ("ham", "spam") for p in predictions)
+    assert all(abs(sum(p["scores"].values()) - 1.0) < 1e-5 for p in predictions)
+    probs = classify.predict_proba(texts[:3])
+    np.testing.assert_allclose(probs[:, 1], [p["scores"]["spam"] for p in predictions[:3]])
+
+
+def test_fine_tune_errors_name_the_problem(pretrained, data_dir, tmp_path):
+    source, _ = pretrained
+    with pytest.raises(ConfigError, match="best_metric='f1/eggs'"):
+        trainer.train_and_evaluate(
+            _fine_tune_config(source, data_dir, best_metric="f1/eggs"), str(tmp_path / "a")
+        )
+    assert not os.path.exists(tmp_path / "a" / "checkpoints")
+    config = _fine_tune_config(source, data_dir)
+    config.model.num_labels = 3
+    with pytest.raises(ConfigError, match="model.num_labels=3"):
+        trainer.train_and_evaluate(config, str(tmp_path / "b"))
+    config = _fine_tune_config(source, data_dir)
+    config.model.size = "mini"  # Another width: the encoder does not fit.
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="bert/embeddings"):
+        trainer.train_and_evaluate(config, str(tmp_path / "c"))
