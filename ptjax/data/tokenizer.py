@@ -6,6 +6,7 @@ any text round-trips and model code can rely on the ids without reading the mode
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import os
@@ -101,6 +102,48 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str | bytes]) -> list[list[int]]:
         """Token ids of many texts, encoded by SentencePiece's own thread pool."""
         return self._sp.encode(list(texts), out_type=int, num_threads=self._num_threads)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of one text and, per token, its (start, end) character span in `text`.
+
+        Spans are Python str indices into the original text (not bytes, not the normalised
+        text), so `text[spans[i][0]:spans[j][1]]` is the text of tokens i..j. The word-boundary
+        whitespace a piece carries ('▁the' from ' the') is left out of its span unless the piece
+        is only whitespace; every byte-fallback piece of a multi-byte character spans that whole
+        character; the empty dummy-prefix piece has an empty span.
+        """
+        from sentencepiece import sentencepiece_pb2  # protobuf; only needed here.
+
+        proto = sentencepiece_pb2.SentencePieceText()
+        proto.ParseFromString(self._sp.encode(text, out_type="serialized_proto"))
+        data = text.encode("utf-8")
+        if len(data) == len(text):  # ASCII: bytes are characters.
+            char_starts = None
+        else:  # Byte offset where each character starts, then the end of the text.
+            char_starts = list(
+                itertools.accumulate((len(ch.encode("utf-8")) for ch in text), initial=0)
+            )
+        ids, spans = [], []
+        for piece in proto.pieces:
+            begin, end = piece.begin, piece.end  # Bytes of the original text.
+            if char_starts is not None:
+                begin = bisect.bisect_right(char_starts, begin) - 1  # Round down to a character.
+                end = bisect.bisect_left(char_starts, end)  # Round up to a character's end.
+            ids.append(piece.id)
+            spans.append((begin, end))
+        # SentencePiece gives the first bytes of a byte-fallback character empty spans and the
+        # last one the whole character; give each byte piece the character's span.
+        for i in range(len(ids) - 2, -1, -1):
+            start, end = spans[i]
+            next_byte = self._sp.is_byte(ids[i + 1]) and spans[i + 1][0] == start
+            if start == end and self._sp.is_byte(ids[i]) and next_byte:
+                spans[i] = spans[i + 1]
+        for i, (start, end) in enumerate(spans):
+            stripped = text[start:end].strip()
+            if stripped:  # Leave out the whitespace a piece carries around its word.
+                new_start = start + text[start:end].index(stripped)
+                spans[i] = (new_start, new_start + len(stripped))
+        return ids, spans
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; pad ids are dropped."""
