@@ -157,3 +157,27 @@ def bert_classification_config(size: str, dataset: str = "ptjax_spam") -> ml_col
     c.best_metric = "macro_f1"
     c.best_metric_mode = "max"
     return c
+
+
+def bert_qa_config(size: str, dataset: str = "ptjax_qa_demo") -> ml_collections.ConfigDict:
+    """Fine-tuning a BERT of the named size for SQuAD-style extractive QA (BERT paper: 2-3
+    epochs at 3e-5 and 384 tokens with stride 128 on SQuAD; CPU-sized for the bundled demo)."""
+    c = bert_config(size)
+    c.task = "extractive_qa"
+    c.dataset.name = dataset
+    c.dataset.eval_split = "validation"
+    if dataset == "squad":
+        c.seq_len, c.qa.doc_stride, c.qa.max_query_len = 384, 128, 64
+        c.per_device_batch_size = 32
+        c.total_steps = 5500  # About 2 epochs of SQuAD v1.1 at a global batch of 32.
+    else:
+        c.seq_len, c.qa.doc_stride, c.qa.max_query_len = 128, 64, 24
+        c.per_device_batch_size = 16
+        c.total_steps = 2000
+    c.optimizer.learning_rate = 1e-4 if size in ("tiny", "mini") else 3e-5
+    c.optimizer.warmup_steps = c.total_steps // 10
+    c.model.dropout_rate = 0.1
+    c.eval_every_steps = c.checkpoint_every_steps = 500
+    c.best_metric = "f1"
+    c.best_metric_mode = "max"
+    return c

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from test_train_e2e import read_scalars, snapshot
 
-from ptjax import TextClassifier
+from ptjax import QuestionAnswerer, TextClassifier
 from ptjax.config import ConfigError
-from ptjax.config_presets import bert_classification_config, bert_config
+from ptjax.config_presets import bert_classification_config, bert_config, bert_qa_config
 from ptjax.data import classification_corpora
 from ptjax.train import checkpoint, evaluator, trainer
 
@@ -154,3 +154,39 @@ def test_fine_tune_errors_name_the_problem(pretrained, data_dir, tmp_path):
     config.model.size = "mini"  # Another width: the encoder does not fit.
     with pytest.raises(checkpoint.CheckpointMismatchError, match="bert/embeddings"):
         trainer.train_and_evaluate(config, str(tmp_path / "c"))
+
+
+def test_extractive_qa_fine_tune_and_evaluate(pretrained, data_dir, tmp_path):
+    source, _ = pretrained
+    config = _small(bert_qa_config("tiny"), data_dir)
+    config.init_checkpoint = source
+    config.seq_len = 64
+    config.qa.max_query_len = 16
+    config.qa.doc_stride = 24
+    config.per_device_batch_size = 4
+    config.total_steps = 4
+    config.eval_every_steps = 4
+    config.checkpoint_every_steps = 4
+    workdir = str(tmp_path / "qa")
+    result = trainer.train_and_evaluate(config, workdir)
+    metrics = result["eval"]
+    assert metrics["examples"] == 234  # Every demo validation question, once.
+    assert metrics["windows"] > metrics["examples"]  # Long passages give several windows.
+    assert 0.0 <= metrics["exact_match"] <= metrics["f1"] <= 100.0
+    with open(os.path.join(workdir, "results", "validation_step_4.json")) as f:
+        record = json.load(f)
+    assert len(record["predictions_sample"]) == 20
+    scalars = read_scalars(workdir)
+    assert {"eval/exact_match", "eval/f1", "eval/loss", "train/loss"} <= set(scalars)
+
+    answer = QuestionAnswerer.from_workdir(workdir)
+    context = "In the beginning God created the heavens and the earth."
+    out = answer(question="What word comes after created?", context=context)
+    assert out["answer"] == context[out["start"] : out["end"]]
+    assert np.isfinite(out["score"])
+
+
+def test_extractive_qa_without_a_tokenizer_is_refused(data_dir, tmp_path):
+    config = _small(bert_qa_config("tiny"), data_dir)
+    with pytest.raises(ConfigError, match="init_checkpoint"):
+        trainer.train_and_evaluate(config, str(tmp_path / "qa"))

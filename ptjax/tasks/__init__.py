@@ -13,12 +13,14 @@ import ml_collections
 from ptjax.tasks.base import Task
 from ptjax.tasks.causal_lm import CausalLM
 from ptjax.tasks.classification import Classification
+from ptjax.tasks.extractive_qa import ExtractiveQA
 from ptjax.tasks.masked_lm import MaskedLM
 
 TASKS: dict[str, type] = {
     "causal_lm": CausalLM,
     "masked_lm": MaskedLM,
     "classification": Classification,
+    "extractive_qa": ExtractiveQA,
 }
 
 

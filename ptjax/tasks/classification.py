@@ -67,6 +67,7 @@ class Classification:
         loss_sum = jnp.sum(example_loss * weights)
         return loss_sum, {
             "loss_sum": loss_sum,
+            "tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32),
             "weight": jnp.sum(weights),
             "correct": jnp.sum((predictions == labels) * weights),
             "confusion": metrics_lib.confusion_matrix(

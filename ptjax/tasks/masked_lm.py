@@ -82,6 +82,7 @@ class MaskedLM:
         return loss_sum, {
             "loss_sum": loss_sum,
             "correct": jnp.sum(correct * gathered),
+            "tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32),
             "weight": jnp.sum(gathered),
             "unpredicted": jnp.sum(weights) - jnp.sum(gathered),
         }

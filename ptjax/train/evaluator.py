@@ -79,17 +79,15 @@ def evaluate_checkpoint(
     )
     params = parallel.replicate(restore_params(path, abstract))
     p_eval_step = parallel.pmap_eval_step(steps.eval_step, model=model, task=task)
-    batches = task.eval_batches(
-        config,
-        tokenizer,
+    data_kwargs = dict(
         data_dir=data_dir,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         local_device_count=jax.local_device_count(),
     )
-    sums = trainer.eval_sums(p_eval_step, params, batches)
-    metrics = task.summarize(sums)
-    details = task.details(sums) if hasattr(task, "details") else {}
+    metrics, details = trainer.run_eval(
+        task, model, p_eval_step, params, config, tokenizer, data_kwargs
+    )
     details = {**details, "checkpoint": path}
     results_file = None
     if write:

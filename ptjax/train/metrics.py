@@ -65,7 +65,9 @@ def summarize_train(history: list[dict[str, Any]]) -> dict[str, float]:
         "accuracy": sum(m["correct"] for m in good) / max(weight, 1.0),
         "grad_norm": float(np.mean([m["grad_norm"] for m in good])) if good else math.nan,
         "learning_rate": first[-1]["learning_rate"],
-        "tokens": weight,
+        # Input tokens processed (a task's "tokens" sum, e.g. MLM's unpadded tokens rather
+        # than its masked targets); else the loss weight (causal LM: the target tokens).
+        "tokens": sum(m.get("tokens", m["weight"]) for m in good),
         "nonfinite_steps": float(len(bad)),
         "first_nonfinite": float(bad[0] if bad else -1),
     }

@@ -136,6 +136,11 @@ def load_or_train_tokenizer(
             os.replace(path + ".tmp", path)
         multihost_utils.sync_global_devices("ptjax tokenizer copied")
         return Tokenizer(path)
+    if config.task == "extractive_qa":
+        raise config_lib.ConfigError(
+            "task='extractive_qa' trains no tokenizer of its own: set init_checkpoint to a "
+            "pretraining run (its tokenizer comes along) or tokenizer.path."
+        )
     if jax.process_index() == 0:
         logging.info(
             "Training a %d-piece sentencepiece model on %s:%s -> %s",
@@ -206,6 +211,27 @@ def eval_sums(p_eval_step: Any, params: Any, batches: Any) -> dict[str, np.ndarr
 def evaluate(p_eval_step: Any, params: Any, batches: Any, task: Any) -> dict[str, float]:
     """Task metrics over the whole eval split."""
     return task.summarize(eval_sums(p_eval_step, params, batches))
+
+
+def run_eval(
+    task: Any,
+    model: Any,
+    p_eval_step: Any,
+    params: Any,
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    data_kwargs: dict[str, Any],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metrics, details for the results file) of replicated `params` on config's eval split.
+
+    A task with its own `run_eval` (extractive QA: span post-processing on the host) runs it;
+    the others sum their metrics over every batch and device (`eval_sums`).
+    """
+    if hasattr(task, "run_eval"):
+        return task.run_eval(model, params, config, tokenizer, **data_kwargs)
+    sums = eval_sums(p_eval_step, params, task.eval_batches(config, tokenizer, **data_kwargs))
+    details = task.details(sums) if hasattr(task, "details") else {}
+    return task.summarize(sums), details
 
 
 def write_results(
@@ -476,11 +502,10 @@ def _train_and_evaluate(
             metrics_lib.log_progress(done, config.total_steps, summary, tps, eta)
             writer.flush()
         if done % config.eval_every_steps == 0 or last:
-            eval_iter = task.eval_batches(config, tokenizer, **data_kwargs)
-            sums = eval_sums(p_eval_step, state.params, eval_iter)
-            eval_metrics = task.summarize(sums)
+            eval_metrics, details = run_eval(
+                task, model, p_eval_step, state.params, config, tokenizer, data_kwargs
+            )
             writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-            details = task.details(sums) if hasattr(task, "details") else {}
             write_results(workdir, config.dataset.eval_split, done, eval_metrics, details)
             logging.info(
                 "eval at step %d: %s",
