@@ -560,6 +560,21 @@ def _load_examples(
     return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def read_labeled_examples(
+    config: ml_collections.ConfigDict, split: str, *, data_dir: str
+) -> tuple[list[str], list[str] | None, np.ndarray]:
+    """A whole split as Python lists: (texts, second texts or None, labels [n] int32), e.g.
+    for a baseline outside JAX."""
+    ds = _load_examples(config, split, data_dir=data_dir, process_index=0, process_count=1)
+    texts, pairs, labels = [], [], []
+    for example in ds.as_numpy_iterator():
+        texts.append(example["text"].decode("utf-8"))
+        if "text_b" in example:
+            pairs.append(example["text_b"].decode("utf-8"))
+        labels.append(int(example["label"]))
+    return texts, (pairs or None), np.asarray(labels, np.int32)
+
+
 def _encoded(
     examples: tf.data.Dataset, tokenizer: Tokenizer, config: ml_collections.ConfigDict
 ) -> tf.data.Dataset:
