@@ -293,7 +293,7 @@ class BestParams:
             record = {"metric": self.metric, "mode": self.mode, "value": value, "step": step}
             tmp = self.directory / (self.RECORD + ".tmp")
             tmp.write_text(json.dumps(record, indent=2))
-            tmp.rename(self.directory / self.RECORD)
+            tmp.replace(self.directory / self.RECORD)  # Atomic, over the previous record.
         return True
 
     def close(self) -> None:
