@@ -35,7 +35,8 @@ from absl import app, flags
 
 from ptjax import runtime
 
-MODELS = ("gpt",)  # 'bert' and 't5' join as their issues land.
+MODELS = ("gpt", "bert")  # 't5' joins with its model issue.
+DEFAULT_SIZES = {"gpt": "bench", "bert": "mini"}  # 4 layers x 256 wide each.
 WHATS = ("train", "generate")
 
 FLAGS = flags.FLAGS
@@ -53,7 +54,7 @@ class Options:
 
     model: str = "gpt"
     what: str = "train"
-    size: str = "bench"
+    size: str = ""  # '': DEFAULT_SIZES[model].
     per_device_batch_size: int = 8
     seq_len: int = 256
     prompt_len: int = 32
@@ -74,6 +75,8 @@ class Options:
                 f"--model={self.model!r} is not benchmarked yet; known: {', '.join(MODELS)} "
                 "('bert' and 't5' are added with their model issues)."
             )
+        if self.what == "generate" and self.model != "gpt":
+            raise ValueError(f"--what=generate times GPT decoding; --model={self.model!r}.")
         if self.what not in WHATS:
             raise ValueError(f"--what={self.what!r} is not benchmarked; known: {', '.join(WHATS)}.")
         for name in ("per_device_batch_size", "seq_len", "prompt_len", "max_new_tokens"):
@@ -121,6 +124,32 @@ def _synthetic_rows(opts: Options, rows: int, vocab_size: int, seed: int) -> dic
         segment_ids=segment_ids,
         positions=positions,
         weights=np.ones((rows, opts.seq_len), np.float32),
+    )
+
+
+MLM_PREDICTED_FRACTION = 0.15  # Share of tokens masked (and predicted) in BERT batches.
+
+
+def _synthetic_mlm_rows(opts: Options, rows: int, vocab_size: int, seed: int) -> dict[str, Any]:
+    """Masked-LM rows like the encoder pipeline's: [CLS] tokens [SEP], 15% selected, 80% of
+    those [MASK]ed; the rest of the vocabulary above the special ids (pad 0 ... [MASK] 6)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    length = opts.seq_len
+    targets = rng.integers(7, vocab_size, (rows, length), dtype=np.int32)
+    targets[:, 0], targets[:, -1] = 4, 5  # [CLS], [SEP]
+    weights = np.zeros((rows, length), np.float32)
+    selected = round(MLM_PREDICTED_FRACTION * (length - 2))
+    for row in range(rows):
+        weights[row, 1 + rng.choice(length - 2, selected, replace=False)] = 1.0
+    masked = (weights > 0) & (rng.random((rows, length)) < 0.8)
+    return dict(
+        input_ids=np.where(masked, 6, targets).astype(np.int32),
+        targets=targets,
+        weights=weights,
+        token_type_ids=np.zeros((rows, length), np.int32),
+        attention_mask=np.ones((rows, length), np.int32),
     )
 
 
@@ -173,7 +202,11 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     from ptjax import config as config_lib
     from ptjax import config_presets, models
 
-    config = config_presets.gpt_config(opts.size)
+    size = opts.size or DEFAULT_SIZES[opts.model]
+    if opts.model == "gpt":
+        config = config_presets.gpt_config(size)
+    else:
+        config = config_presets.bert_config(size)
     config.seq_len = opts.seq_len
     config.per_device_batch_size = opts.per_device_batch_size
     config.seed = opts.seed
@@ -224,21 +257,27 @@ class _PtjaxSide:
         rows = self.devices * opts.per_device_batch_size
         tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, params)
         self.state = parallel.replicate(TrainState.create(params, tx, state_rng))
+        task, _ = tasks.create(config, data_dir="")  # The trainer's task, set up for the config.
         self.p_step = parallel.pmap_train_step(
-            steps.train_step, model=model, task=tasks.TASKS[config.task](), tx=tx, schedule=schedule
+            steps.train_step, model=model, task=task, tx=tx, schedule=schedule
         )
+        make_rows = _synthetic_rows if opts.model == "gpt" else _synthetic_mlm_rows
         self.batches = []
         for k in range(4):
-            rows_k = _synthetic_rows(opts, rows, model_config.vocab_size, opts.seed + k)
+            rows_k = make_rows(opts, rows, model_config.vocab_size, opts.seed + k)
             shape = (self.devices, opts.per_device_batch_size, opts.seq_len)
             self.batches.append({key: v.reshape(shape) for key, v in rows_k.items()})
         self.history: list[Any] = []
+        if opts.model == "gpt":
+            flops = family.flops_per_token(model_config, opts.seq_len)
+        else:  # The model FLOPs MLM needs: the vocabulary projection at the masked positions.
+            flops = family.flops_per_token(model_config, opts.seq_len, MLM_PREDICTED_FRACTION)
         self.info = {
-            "name": f"ptjax {config.model.family}/{opts.size}",
+            "name": f"ptjax {config.model.family}/{config.model.size}",
             "devices": self.devices,
             "rows": rows,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
-            "flops_per_token": float(family.flops_per_token(model_config, opts.seq_len)),
+            "flops_per_token": float(flops),
             "model_config": dataclasses.asdict(model_config),
             "optimizer": config.optimizer.to_dict(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -361,6 +400,81 @@ class _HFSide:
         return 2 * n**3 / best
 
 
+class _HFBertSide:
+    """transformers' BertForMaskedLM of the same shape, torch.optim.AdamW, dropout on."""
+
+    def __init__(self, opts: Options, threads: int, setup: dict[str, Any]):
+        import numpy
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(opts.seed)
+        cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
+        config = transformers.BertConfig(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["d_model"],
+            num_hidden_layers=cfg["num_layers"],
+            num_attention_heads=cfg["num_heads"],
+            intermediate_size=cfg["d_ff"],
+            max_position_embeddings=cfg["max_len"],
+            type_vocab_size=cfg["type_vocab_size"],
+            hidden_dropout_prob=cfg["dropout_rate"],
+            attention_probs_dropout_prob=cfg["dropout_rate"],
+            layer_norm_eps=cfg["layer_norm_eps"],
+            hidden_act="gelu",  # The exact (erf) GELU, as ptjax's BERT.
+            attn_implementation=opts.hf_attention,
+        )
+        self.model = transformers.BertForMaskedLM(config)
+        self.model.train()
+        decay, plain = [], []
+        for name, p in self.model.named_parameters():
+            embedding = "embeddings" in name
+            (decay if p.dim() >= 2 and not embedding else plain).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": opt["weight_decay"]},
+                {"params": plain, "weight_decay": 0.0},
+            ],
+            lr=opt["learning_rate"],
+            betas=(opt["b1"], opt["b2"]),
+            eps=opt["eps"],
+        )
+        self.clip = opt["grad_clip_norm"]
+        self.torch = torch
+        self.batches = []
+        for k in range(4):
+            rows_k = _synthetic_mlm_rows(opts, setup["rows"], cfg["vocab_size"], opts.seed + k)
+            labels = numpy.where(rows_k["weights"] > 0, rows_k["targets"], -100)  # HF's ignore id
+            self.batches.append(
+                {
+                    "input_ids": torch.from_numpy(rows_k["input_ids"].astype("int64")),
+                    "token_type_ids": torch.from_numpy(rows_k["token_type_ids"].astype("int64")),
+                    "attention_mask": torch.from_numpy(rows_k["attention_mask"].astype("int64")),
+                    "labels": torch.from_numpy(labels.astype("int64")),
+                }
+            )
+        self.info = {
+            "name": f"HF BertForMaskedLM ({opts.hf_attention})",
+            "rows": setup["rows"],
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def step(self, i: int) -> None:
+        loss = self.model(**self.batches[i % len(self.batches)]).loss
+        loss.backward()
+        self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss = loss
+
+    finish = _HFSide.finish
+    matmul_flops = _HFSide.matmul_flops
+
+
 def _prompts(opts: Options, rows: int, vocab_size: int, seed: int) -> Any:
     """[rows, prompt_len] random token ids (no padding: every prompt is full length)."""
     import numpy as np
@@ -403,7 +517,7 @@ class _PtjaxGenerateSide:
         self.mask = np.ones((rows, opts.prompt_len), bool)
         self.new_tokens = 0
         self.info = {
-            "name": f"ptjax {config.model.family}/{opts.size} decode",
+            "name": f"ptjax {config.model.family}/{config.model.size} decode",
             "devices": 1,
             "rows": rows,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
@@ -485,6 +599,7 @@ class _HFGenerateSide:
 SIDES = {
     ("train", "ptjax"): _PtjaxSide,
     ("train", "hf"): _HFSide,
+    ("train", "hf-bert"): _HFBertSide,
     ("generate", "ptjax"): _PtjaxGenerateSide,
     ("generate", "hf"): _HFGenerateSide,
 }
@@ -502,7 +617,8 @@ def _serve(side_name: str, opts: Options) -> None:
 
     cpus = _pin_threads(opts.threads)
     try:
-        side_class = SIDES[(opts.what, side_name)]
+        baseline = "hf-bert" if side_name == "hf" and opts.model == "bert" else side_name
+        side_class = SIDES[(opts.what, baseline)]
         if side_name == "ptjax":
             side = side_class(opts)
         else:
@@ -654,7 +770,7 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
     result: dict[str, Any] = {
         "model": opts.model,
         "what": opts.what,
-        "size": opts.size,
+        "size": opts.size or DEFAULT_SIZES[opts.model],
         "devices": ptjax_info["devices"],
         "per_device_batch_size": opts.per_device_batch_size,
         "seq_len": opts.seq_len,
@@ -781,14 +897,18 @@ def format_table(result: dict[str, Any]) -> str:
 
 def define_flags() -> None:
     """The command line; defined only when run as a script, so that tests can import it."""
-    flags.DEFINE_string("model", "gpt", "Model family to time; only 'gpt' so far.")
+    flags.DEFINE_enum(
+        "model", "gpt", list(MODELS), "gpt: vs GPT2LMHeadModel; bert (MLM): vs BertForMaskedLM."
+    )
     flags.DEFINE_enum(
         "what",
         "train",
         list(WHATS),
         "train: forward, backward, AdamW update; generate: greedy decoding with the KV cache.",
     )
-    flags.DEFINE_string("size", "bench", "ptjax size name (ptjax.models.gpt.SIZES).")
+    flags.DEFINE_string(
+        "size", "", "ptjax size name of --model's SIZES ('': gpt 'bench', bert 'mini')."
+    )
     flags.DEFINE_integer(
         "per_device_batch_size", 8, "Rows per device (the baseline gets them all)."
     )

@@ -61,8 +61,10 @@ def test_tiny_run_against_the_baseline_reports_the_json_keys():
 
 def test_unknown_model_and_what_are_refused_by_name():
     bench = _script()
-    with pytest.raises(ValueError, match="--model='bert'"):
-        bench.Options(model="bert").check()
+    with pytest.raises(ValueError, match="--model='t5'"):
+        bench.Options(model="t5").check()
+    with pytest.raises(ValueError, match="--what=generate"):
+        bench.Options(model="bert", what="generate").check()
     with pytest.raises(ValueError, match="--what='score'"):
         bench.Options(what="score").check()
     with pytest.raises(ValueError, match="--max_new_tokens"):
@@ -106,3 +108,31 @@ def test_tuning_is_added_and_removed_keeping_the_users_settings():
     # A setting the user made wins over ptjax's.
     mine = runtime.process_environment(tuned=True, env={"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
     assert mine["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
+
+
+def test_bert_mlm_against_bert_for_masked_lm():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    bench = _script()
+    opts = bench.Options(
+        model="bert",
+        size="tiny",
+        seq_len=16,
+        per_device_batch_size=1,
+        steps=1,
+        rounds=2,
+        warmup_steps=0,
+        env_tuning="off",
+    )
+    result = bench.run_benchmark(opts, log=lambda line: None)
+    json.loads(json.dumps(result))
+    side = result["settings"]["off"]
+    assert side["hf"]["name"].startswith("HF BertForMaskedLM")
+    # The same encoder and MLM head; ptjax's BERT also holds the pooler (d_model^2 + d_model)
+    # that BertForMaskedLM leaves out.
+    d_model = 128
+    assert side["ptjax"]["parameters"] == side["hf"]["parameters"] + d_model * d_model + d_model
+    assert result["size"] == "tiny" and result["speedup"] > 0
+    for entry in side.values():
+        if isinstance(entry, dict):
+            assert 0 < entry["last_loss"] < 20  # Both sides train on the same MLM batches.

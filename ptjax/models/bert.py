@@ -359,17 +359,17 @@ class BertForQuestionAnswering(nn.Module):
         return SpanHead(self.config, name="span")(out.hidden_states, attention_mask)
 
 
-def flops_per_token(cfg: BertConfig, seq_len: int) -> float:
+def flops_per_token(cfg: BertConfig, seq_len: int, predicted_fraction: float = 1.0) -> float:
     """Training FLOPs per token (forward + backward = 3x forward) for MLM pretraining.
 
     Matmul parameters count 6 FLOPs each: the blocks, and the MLM head's transform and tied
-    vocabulary projection taken at every position (an upper bound when only the masked positions
-    are projected). Bidirectional attention's score and value matmuls count in full:
-    12 * layers * seq_len * d_model. Embedding look-ups and the pooler (once per sequence) are
-    left out.
+    vocabulary projection at `predicted_fraction` of the positions (1.0: every position, an
+    upper bound; ptjax's masked_lm projects only the masked ones, about 0.15). Bidirectional
+    attention's score and value matmuls count in full: 12 * layers * seq_len * d_model.
+    Embedding look-ups and the pooler (once per sequence) are left out.
     """
     block = cfg.num_layers * (4 * cfg.d_model * cfg.d_model + 2 * cfg.d_model * cfg.d_ff)
-    head = cfg.d_model * cfg.d_model + cfg.vocab_size * cfg.d_model
+    head = predicted_fraction * (cfg.d_model * cfg.d_model + cfg.vocab_size * cfg.d_model)
     attention = 12 * cfg.num_layers * seq_len * cfg.d_model
     return 6.0 * (block + head) + attention
 
