@@ -187,3 +187,14 @@ def test_bad_settings_are_refused():
         DecodeConfig(num_beams=0)
     with pytest.raises(ValueError, match="temperature"):
         DecodeConfig(num_beams=2, temperature=0.7)
+
+
+def test_greedy_pick_is_argmax_with_ties_to_the_first():
+    from ptjax.decoding.search import greedy_pick
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 50)).astype(np.float32)
+    logits[1, [3, 7]] = 9.0  # A tie: the first index wins, as argmax.
+    logits[2, :] = 0.0
+    np.testing.assert_array_equal(greedy_pick(jnp.asarray(logits)), np.argmax(logits, -1))
+    assert int(greedy_pick(jnp.full((1, 5), jnp.nan))[0]) < 5  # Never out of range.

@@ -52,6 +52,18 @@ class DecodeConfig:
             raise ValueError("Beam search is deterministic: use temperature=0 with num_beams > 1.")
 
 
+def greedy_pick(logits: Array) -> Array:
+    """argmax over the last axis (the first index of the maximum), as two plain reductions.
+
+    Same result as jnp.argmax; XLA:CPU runs argmax's (value, index) reduction several times
+    slower than a max and a min, which matters once per decoding step over the vocabulary.
+    """
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    first = jnp.min(jnp.where(logits == top, index, logits.shape[-1]), axis=-1)
+    return jnp.minimum(first, logits.shape[-1] - 1)  # A row of NaNs matches nowhere.
+
+
 def filter_logits(logits: Array, *, top_k: int = 0, top_p: float = 1.0) -> Array:
     """Sets logits outside the top-k and then outside the top-p nucleus to NEG_INF.
 
@@ -95,7 +107,7 @@ def sample(
 
     def pick(logits: Array, t: Array) -> Array:
         if cfg.temperature == 0.0:
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return greedy_pick(logits)
         scaled = logits.astype(jnp.float32) / cfg.temperature
         scaled = filter_logits(scaled, top_k=cfg.top_k, top_p=cfg.top_p)
         return jax.random.categorical(jax.random.fold_in(rng, t), scaled).astype(jnp.int32)
