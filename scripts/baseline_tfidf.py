@@ -20,8 +20,12 @@ from ml_collections import config_flags
 from ptjax import runtime
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A classification config file.", lock_config=True)
-flags.DEFINE_string("split", "test", "Split to report (C is chosen on the config's eval split).")
+
+
+def define_flags() -> None:
+    """The command line; defined only when run as a script, so that tests can import it."""
+    config_flags.DEFINE_config_file("config", None, "A classification config file.")
+    flags.DEFINE_string("split", "test", "Split to report (C is chosen on its eval split).")
 
 
 def _joined(texts: list[str], pairs: list[str] | None) -> list[str]:
@@ -84,4 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
