@@ -434,3 +434,31 @@ def test_errors(tok, data_dir, tmp_path):
         ep.classification_eval_batches(empty, tok, **shard_kwargs(data_dir))
     with pytest.raises(corpora.DataError, match="no split 'dev'"):
         ep.classification_eval_batches(spam, tok, split="dev", **shard_kwargs(data_dir))
+
+
+@pytest.mark.parametrize(
+    "name, pair, labels",
+    [
+        ("glue/sst2", False, ["negative", "positive"]),
+        ("glue/mrpc", True, ["not_equivalent", "equivalent"]),
+        ("imdb_reviews", False, ["neg", "pos"]),
+        ("ag_news_subset", False, ["World", "Sports", "Business", "Sci/Tech"]),
+    ],
+)
+def test_catalogue_datasets_by_name_through_mock_data(tok, tmp_path, monkeypatch, name, pair,
+                                                      labels):  # fmt: skip
+    """TFDS catalogue classification sets read by name (random examples of their real feature
+    specs from tfds.testing.mock_data; their split sizes are not known offline, so patched)."""
+    config = make_config(name=name)
+    monkeypatch.setattr(corpora, "split_num_examples", lambda builder, split: 10)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    kwargs = shard_kwargs(str(tmp_path))
+    with tfds.testing.mock_data(num_examples=10):
+        assert ep.label_names(config, str(tmp_path)) == labels
+        config.dataset.eval_split = "validation" if name.startswith("glue") else "test"
+        batches = list(ep.classification_eval_batches(config, tok, **kwargs))
+        assert sum(float(b["weights"].sum()) for b in batches) == 10
+        batch = next(ep.classification_train_batches(config, tok, **kwargs))
+    assert batch["input_ids"].shape == (DEVICES, 2, 32)
+    assert bool((batch["token_type_ids"] == 1).any()) == pair  # Pairs have a second segment.
+    assert set(np.unique(batch["labels"])) <= set(range(len(labels)))
