@@ -4,6 +4,8 @@ split, through the trainer, scripts/evaluate.py's library and the Python API."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -119,9 +121,24 @@ def test_fine_tune_restores_the_encoder_keeps_a_fresh_head_and_evaluates(
     assert out.step == best["step"] and out.metrics["examples"] == SPAM_TEST_EXAMPLES
     assert np.array(out.details["confusion_matrix"]).sum() == SPAM_TEST_EXAMPLES
     assert os.path.exists(out.results_file)
-    again = evaluator.evaluate_checkpoint(workdir, split="test", checkpoint="best")
-    assert again.results_file != out.results_file  # A second evaluation never overwrites.
-    assert again.metrics == out.metrics
+    # scripts/evaluate.py prints the same metrics (last line JSON) and saves a second file.
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "evaluate.py")
+    env = dict(os.environ, PTJAX_NO_ENV_TUNING="1", TFDS_DATA_DIR=data_dir)
+    done = subprocess.run(
+        [sys.executable, script, f"--workdir={workdir}", "--split=test", "--checkpoint=best"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed["step"] == out.step and printed["examples"] == SPAM_TEST_EXAMPLES
+    assert printed["f1/spam"] == pytest.approx(out.metrics["f1/spam"], abs=1e-6)
+    saved = sorted(os.listdir(os.path.join(workdir, "results")))
+    assert f"test_step_{out.step}.json" in saved and f"test_step_{out.step}.2.json" in saved
+    missing = subprocess.run(
+        [sys.executable, script, f"--workdir={tmp_path}", "--checkpoint=best"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "not a ptjax run directory" in missing.stderr
 
     # The Python API agrees with the evaluation on real test e-mails.
     classify = TextClassifier.from_workdir(workdir, checkpoint="best")
