@@ -204,8 +204,10 @@ class LabeledTextFiles(tfds.core.GeneratorBasedBuilder):
         }
         if not patterns["train"]:
             raise ValueError("train_files is empty; give paths or globs of .csv/.jsonl files.")
+        # Named by the config keys that set them (dataset.train_files/eval_files/test_files).
+        keys = {"train": "train_files", "validation": "eval_files", "test": "test_files"}
         self._paths = {
-            split: corpora._resolve(p, f"{split}_files") for split, p in patterns.items() if p
+            split: corpora._resolve(p, keys[split]) for split, p in patterns.items() if p
         }
         self._pair = any(
             record.get("text_b") is not None
