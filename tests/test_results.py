@@ -277,6 +277,9 @@ def test_smoothing_matches_tensorboard():
         ("eval/rougeLsum", "max"),
         ("eval/bleu", "max"),
         ("train/tokens_per_second", None),
+        ("eval/f1/spam", "max"),  # Per-class metrics: the part before the class name.
+        ("eval/precision/ham", "max"),
+        ("eval/examples", None),
     ],
 )
 def test_metric_goal(tag, goal):

@@ -43,13 +43,18 @@ NOTES = (
 
 
 def metric_goal(tag: str) -> str | None:
-    """'min', 'max' or None (unknown) for a metric tag such as 'eval/accuracy'."""
-    leaf = tag.rsplit("/", 1)[-1].lower()
-    words = re.findall(r"[a-z][a-z0-9]*", leaf)  # exact_match -> exact, match; f1 -> f1.
-    if any(w in LOWER_IS_BETTER for w in words):
-        return "min"
-    if any(w in HIGHER_IS_BETTER for w in words) or leaf.startswith(("rouge", "bleu")):
-        return "max"
+    """'min', 'max' or None (unknown) for a metric tag such as 'eval/accuracy'.
+
+    The last part of the tag decides; per-class tags such as 'eval/f1/spam' fall back to the
+    part before the class name.
+    """
+    parts = [p.lower() for p in tag.split("/")]
+    for leaf in reversed(parts[1:] if len(parts) > 1 else parts):
+        words = re.findall(r"[a-z][a-z0-9]*", leaf)  # exact_match -> exact, match; f1 -> f1.
+        if any(w in LOWER_IS_BETTER for w in words):
+            return "min"
+        if any(w in HIGHER_IS_BETTER for w in words) or leaf.startswith(("rouge", "bleu")):
+            return "max"
     return None
 
 
