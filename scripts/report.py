@@ -18,6 +18,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "markdown", results.FORMATS, "Table format.")
 flags.DEFINE_list("metrics", None, "Metric tags to report (default: every eval/ tag).")
 flags.DEFINE_list("config_fields", [], "Config fields to show even where the runs agree.")
+flags.DEFINE_bool("differing", True, "Also show every config field that differs between the runs.")
 flags.DEFINE_string("plot", None, "Also draw loss and --plot_metric curves into this PNG.")
 flags.DEFINE_string("plot_metric", "eval/accuracy", "The metric of the plot's second panel.")
 flags.DEFINE_float("smoothing", 0.6, "TensorBoard-style smoothing of the plotted curves, [0, 1).")
@@ -33,7 +34,7 @@ def main(argv):
     if not 0.0 <= FLAGS.smoothing < 1.0:
         raise app.UsageError(f"--smoothing must be in [0, 1), got {FLAGS.smoothing}")
     runs = [results.load_run(w, running_within=FLAGS.running_within) for w in workdirs]
-    rows = results.summarize(runs, FLAGS.metrics, FLAGS.config_fields)
+    rows = results.summarize(runs, FLAGS.metrics, FLAGS.config_fields, differing=FLAGS.differing)
     print(results.format_report(rows, FLAGS.format), end="")
     if FLAGS.plot:
         from ptjax.results import plot

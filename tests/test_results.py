@@ -310,3 +310,13 @@ def test_script(runs, tmp_path):
     assert [r["status"] for r in parsed] == ["complete", "complete", "missing"]
     assert "6 curves" in done.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_only_the_asked_config_fields_when_not_differing():
+    runs = [
+        results.Run("a", "complete", "", {}, {"task": "x", "seed": 1}, 1.0, 1),
+        results.Run("b", "complete", "", {}, {"task": "y", "seed": 2}, 1.0, 1),
+    ]
+    assert list(results.summarize(runs, [])[0].config) == ["seed", "task"]
+    only = results.summarize(runs, [], ["task"], differing=False)
+    assert [list(r.config) for r in only] == [["task"], ["task"]]

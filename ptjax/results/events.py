@@ -164,6 +164,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _schema_defaults() -> dict[str, Any]:
+    from ptjax.config import base_config
+
+    defaults = flatten(base_config().to_dict())
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+
+
 def latest_config_file(workdir: str) -> str | None:
     """config.step_<N>.json with the largest N (a resume with changes), else config.json."""
     resumed = []
@@ -195,6 +202,9 @@ def load_run(workdir: str, *, running_within: float = 600.0, now: float | None =
     if config_path:
         try:
             config = flatten(json.loads(epath.Path(config_path).read_text()))
+            # Keys added to the schema since the run started take their defaults, so runs of
+            # different ages compare on what they really set.
+            config = {**_schema_defaults(), **config}
         except (ValueError, OSError) as e:  # Half-written or not ptjax's.
             detail = f"unreadable {epath.Path(config_path).name}: {e}; "
     files = [read_events_file(p) for p in events_files(workdir)]

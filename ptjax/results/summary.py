@@ -134,12 +134,17 @@ def legend_labels(runs: Sequence[Run]) -> list[str]:
 
 
 def summarize(
-    runs: Sequence[Run], metrics: Sequence[str] | None = None, config_fields: Sequence[str] = ()
+    runs: Sequence[Run],
+    metrics: Sequence[str] | None = None,
+    config_fields: Sequence[str] = (),
+    *,
+    differing: bool = True,
 ) -> list[RunSummary]:
-    """The report's rows; `metrics` defaults to every eval/ tag any run logged."""
+    """The report's rows; `metrics` defaults to every eval/ tag any run logged. The config
+    columns are `config_fields` plus, with `differing`, every field that differs between runs."""
     if metrics is None:
         metrics = _metric_order({t for r in runs for t in r.scalars if t.startswith("eval/")})
-    keys = differing_config(runs, config_fields)
+    keys = differing_config(runs, config_fields) if differing else list(config_fields)
     out = []
     for run, name in zip(runs, run_names([r.workdir for r in runs]), strict=True):
         loss = run.scalars.get("train/loss")
