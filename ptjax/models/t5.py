@@ -1,0 +1,827 @@
+"""T5 encoder-decoder (Raffel et al. 2019): RMS norms, relative position buckets, no biases.
+
+Pre-norm blocks (x + f(rms_norm(x))) without dense biases; attention logits are q.k without the
+1/sqrt(d) scaling (T5 folds it into the query initialisation) plus a learned bias per (bucketed
+relative position, head), computed once per stack and shared by its layers: bidirectional
+buckets in the encoder, causal ones in the decoder, none in cross-attention. The input embedding
+is shared by both stacks. T5 1.0 ('relu', tied) reads the logits off the embedding after
+scaling the decoder output by d_model**-0.5; T5 1.1 / mT5 ('gated-gelu', untied) has a separate
+`lm_head` and no scaling. Numerically this matches Hugging Face's `T5ForConditionalGeneration`.
+
+Packing: `*_segment_ids` keep attention (and cross-attention) within one example and
+`*_positions` restart at 0 per example, so packed examples see exactly what they would alone.
+
+Parameter names follow t5x more than Hugging Face; `params_from_hf` converts a PyTorch state
+dict (arrays) of `T5ForConditionalGeneration`:
+
+| Hugging Face name                                       | ptjax path                         |
+| ------------------------------------------------------- | ---------------------------------- |
+| shared.weight [V, d] (= {en,de}coder.embed_tokens)      | shared/embedding                   |
+| {s}.block.0.layer.0.SelfAttention.relative_attention_   | {s}/relative_position/             |
+|   bias.weight [buckets, heads]                          |   relative_attention_bias/embedding|
+| {s}.block.i.layer.0.SelfAttention.{q,k,v}.weight        | {s}/layer_i/self_attention/        |
+|   [h * d_kv, d]                                         |   {query,key,value}/kernel [d,h,dk]|
+| {s}.block.i.layer.0.SelfAttention.o.weight [d, h * dk]  | .../self_attention/out/kernel      |
+|                                                         |   [h, dk, d]                       |
+| {s}.block.i.layer.0.layer_norm.weight                   | {s}/layer_i/self_attention_ln/scale|
+| decoder.block.i.layer.1.EncDecAttention.{q,k,v,o}       | decoder/layer_i/cross_attention/.. |
+| decoder.block.i.layer.1.layer_norm.weight               | decoder/layer_i/cross_attention_ln |
+| {s}.block.i.layer.-1.DenseReluDense.{wi,wo}.weight      | {s}/layer_i/mlp/{wi,wo}/kernel (.T)|
+|   (gated: wi_0, wi_1, wo)                               |   (gated: wi_0, wi_1, wo)          |
+| {s}.block.i.layer.-1.layer_norm.weight                  | {s}/layer_i/mlp_ln/scale           |
+| {s}.final_layer_norm.weight                             | {s}/final_ln/scale                 |
+| lm_head.weight [V, d] (untied only)                     | lm_head/kernel [d, V]              |
+
+where {s} is `encoder` or `decoder` and layer.-1 is layer.1 in the encoder, layer.2 in the
+decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptjax.models import layers
+
+Array = jax.Array
+
+# T5 starts every target with the pad id (Hugging Face's decoder_start_token_id).
+DECODER_START_ID = 0
+FEED_FORWARDS = ("relu", "gated-gelu")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    vocab_size: int
+    d_model: int
+    d_kv: int  # Per-head size; num_heads * d_kv need not equal d_model (v1.1 small: 6 * 64).
+    d_ff: int
+    num_layers: int  # Encoder layers.
+    num_decoder_layers: int
+    num_heads: int
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1  # Embeddings, residuals, FFN inner and attention probabilities.
+    layer_norm_eps: float = 1e-6
+    feed_forward: str = "relu"  # 'relu' (T5 1.0) or 'gated-gelu' (1.1 / mT5, tanh GELU).
+    tie_word_embeddings: bool = True  # 1.0: logits = (x * d_model**-0.5) @ shared^T.
+    max_len: int = 512  # No position table: only a limit on input and target lengths.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.feed_forward not in FEED_FORWARDS:
+            raise ValueError(
+                f"T5Config.feed_forward={self.feed_forward!r}; expected one of {FEED_FORWARDS}."
+            )
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_heads * self.d_kv
+
+
+def _size(layers_: int, d_model: int, heads: int, d_ff: int, v1_1: bool) -> dict[str, Any]:
+    return dict(
+        vocab_size=32128,
+        d_model=d_model,
+        d_kv=64,
+        d_ff=d_ff,
+        num_layers=layers_,
+        num_decoder_layers=layers_,
+        num_heads=heads,
+        feed_forward="gated-gelu" if v1_1 else "relu",
+        tie_word_embeddings=not v1_1,
+    )
+
+
+# The published T5 1.0 and 1.1 sizes with the 32128-piece sentencepiece vocabulary (runs override
+# vocab_size with their tokenizer's); 'tiny' is for tests.
+SIZES = {
+    "tiny": dict(
+        vocab_size=8000,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+    ),
+    "small": _size(6, 512, 8, 2048, v1_1=False),  # 60.5M
+    "base": _size(12, 768, 12, 3072, v1_1=False),  # 223M
+    "large": _size(24, 1024, 16, 4096, v1_1=False),  # 738M
+    "v1_1_small": _size(8, 512, 6, 1024, v1_1=True),  # 77M
+    "v1_1_base": _size(12, 768, 12, 2048, v1_1=True),  # 248M
+    "v1_1_large": _size(24, 1024, 16, 2816, v1_1=True),  # 783M
+}
+
+
+def _dtypes(cfg: T5Config) -> tuple[jnp.dtype, jnp.dtype]:
+    return jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+
+@functools.cache
+def _bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
+    """Bucket of each distance 0..max_distance-1 (one direction), as HF in float32.
+
+    Half the buckets are exact distances, the other half log-spaced up to max_distance; computed
+    once in numpy float32 (like torch), so that distances on a bucket boundary land where they do
+    in Hugging Face rather than where XLA's log would round them.
+    """
+    max_exact = num_buckets // 2
+    n = np.arange(max_distance, dtype=np.int64)
+    with np.errstate(divide="ignore"):
+        ratio = np.log(n.astype(np.float32) / np.float32(max_exact))
+        large = max_exact + (
+            ratio
+            / np.float32(math.log(max_distance / max_exact))
+            * np.float32(num_buckets - max_exact)
+        )
+    large = np.minimum(np.where(n < max_exact, 0, large).astype(np.int64), num_buckets - 1)
+    return np.where(n < max_exact, n, large).astype(np.int32)
+
+
+def relative_position_bucket(
+    relative_position: Array,  # [...] int: key position - query position
+    *,
+    bidirectional: bool,
+    num_buckets: int,
+    max_distance: int,
+) -> Array:
+    """Hugging Face's `T5Attention._relative_position_bucket`: ids in [0, num_buckets)."""
+    buckets = jnp.zeros_like(relative_position)  # Keys before the query (or all, causal).
+    if bidirectional:
+        num_buckets //= 2
+        buckets = (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = jnp.maximum(-relative_position, 0)  # Keys after the query share bucket 0.
+    table = jnp.asarray(_bucket_table(num_buckets, max_distance))
+    near = table[jnp.minimum(distance, max_distance - 1)]
+    return buckets + jnp.where(distance >= max_distance, num_buckets - 1, near)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned bias per (relative position bucket, head); returns [batch or 1, heads, q, k]."""
+
+    config: T5Config
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(
+        self,
+        q_positions: Array,  # [batch or 1, q_len] int
+        k_positions: Array,  # [batch or 1, k_len] int
+    ) -> Array:
+        cfg = self.config
+        dtype, param_dtype = _dtypes(cfg)
+        buckets = relative_position_bucket(
+            k_positions[:, None, :] - q_positions[:, :, None],  # [batch, q_len, k_len]
+            bidirectional=self.bidirectional,
+            num_buckets=cfg.relative_attention_num_buckets,
+            max_distance=cfg.relative_attention_max_distance,
+        )
+        values = nn.Embed(
+            cfg.relative_attention_num_buckets,
+            cfg.num_heads,
+            embedding_init=layers.normal_init(cfg.d_model**-0.5),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            name="relative_attention_bias",
+        )(buckets)  # [batch, q_len, k_len, heads]
+        return jnp.transpose(values, (0, 3, 1, 2))
+
+
+class RMSNorm(nn.Module):
+    """T5's LayerNorm: x / rms(x) * scale in float32; no mean subtraction, no bias."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+        return (x * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def _norm(cfg: T5Config, name: str) -> RMSNorm:
+    dtype, param_dtype = _dtypes(cfg)
+    return RMSNorm(cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class Attention(nn.Module):
+    """Multi-head attention without biases or 1/sqrt(d) scaling (Mesh TF's init instead).
+
+    Self-attention projects keys and values from `inputs_kv`; with a `cache` ({'key', 'value'}:
+    [batch, max_len, heads, d_kv]) they are written at `cache_index` and the queries attend over
+    the whole cache. Cross-attention while decoding passes `kv` (keys and values projected once
+    from the encoder output) instead of `inputs_kv`. Returns (output, the keys and values used).
+    """
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,  # [batch, q_len, d_model]
+        inputs_kv: Array | None,  # [batch, kv_len, d_model]
+        mask: Array | None,  # [batch or 1, 1, q_len, kv_len] bool
+        bias: Array | None,  # [batch or 1, heads, q_len, kv_len]
+        *,
+        deterministic: bool,
+        cache: dict[str, Array] | None = None,
+        cache_index: Array | None = None,
+        kv: dict[str, Array] | None = None,
+    ) -> tuple[Array, dict[str, Array]]:
+        cfg = self.config
+        dtype, param_dtype = _dtypes(cfg)
+
+        def proj(name: str, stddev: float) -> nn.DenseGeneral:
+            return nn.DenseGeneral(
+                (cfg.num_heads, cfg.d_kv),
+                use_bias=False,
+                kernel_init=layers.normal_init(stddev),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                name=name,
+            )
+
+        query = proj("query", (cfg.d_model * cfg.d_kv) ** -0.5)(inputs_q)  # [b, q, h, d_kv]
+        if kv is None:
+            key = proj("key", cfg.d_model**-0.5)(inputs_kv)  # [batch, kv_len, heads, d_kv]
+            value = proj("value", cfg.d_model**-0.5)(inputs_kv)
+        else:
+            key, value = kv["key"], kv["value"]
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            key = jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start)
+            value = jax.lax.dynamic_update_slice(
+                cache["value"], value.astype(cache["value"].dtype), start
+            )
+        dropout_rng = None
+        if not deterministic and cfg.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = layers.dot_product_attention(
+            query,
+            key,
+            value,
+            mask,
+            bias,
+            scale=1.0,
+            dropout_rate=cfg.dropout_rate,
+            dropout_rng=dropout_rng,
+            deterministic=deterministic,
+            dtype=dtype,
+        )  # [batch, q_len, heads, d_kv]
+        out = nn.DenseGeneral(
+            cfg.d_model,
+            axis=(-2, -1),
+            use_bias=False,
+            kernel_init=layers.normal_init(cfg.inner_dim**-0.5),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            name="out",
+        )(out)  # [batch, q_len, d_model]
+        return out, {"key": key, "value": value}
+
+
+class GatedMlp(nn.Module):
+    """T5 1.1's FFN: (gelu_tanh(x @ wi_0) * (x @ wi_1)) -> dropout -> wo, no biases."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool) -> Array:
+        cfg = self.config
+        dtype, param_dtype = _dtypes(cfg)
+
+        def dense(features: int, stddev: float, name: str) -> nn.Dense:
+            return nn.Dense(
+                features,
+                use_bias=False,
+                kernel_init=layers.normal_init(stddev),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                name=name,
+            )
+
+        gate = nn.gelu(dense(cfg.d_ff, cfg.d_model**-0.5, "wi_0")(x), approximate=True)
+        h = gate * dense(cfg.d_ff, cfg.d_model**-0.5, "wi_1")(x)  # [batch, length, d_ff]
+        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        return dense(cfg.d_model, cfg.d_ff**-0.5, "wo")(h)
+
+
+def _mlp(cfg: T5Config) -> nn.Module:
+    if cfg.feed_forward == "gated-gelu":
+        return GatedMlp(cfg, name="mlp")
+    dtype, param_dtype = _dtypes(cfg)
+    return layers.MlpBlock(
+        d_ff=cfg.d_ff,
+        activation=nn.relu,
+        dropout_rate=cfg.dropout_rate,
+        use_bias=False,
+        kernel_init=layers.normal_init(cfg.d_model**-0.5),
+        out_kernel_init=layers.normal_init(cfg.d_ff**-0.5),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name="mlp",
+    )
+
+
+class EncoderLayer(nn.Module):
+    """x + attn(norm(x)); x + mlp(norm(x)), dropout on each branch."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None, bias: Array, *, deterministic: bool) -> Array:
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate)
+        h = _norm(cfg, "self_attention_ln")(x)
+        h, _ = Attention(cfg, name="self_attention")(h, h, mask, bias, deterministic=deterministic)
+        x = x + dropout(h, deterministic=deterministic)
+        h = _mlp(cfg)(_norm(cfg, "mlp_ln")(x), deterministic=deterministic)
+        return x + dropout(h, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder, then the FFN; all pre-norm."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # [batch, tgt_len, d_model]
+        encoded: Array | None,  # [batch, src_len, d_model]; None: cross keys/values in `cross`
+        self_mask: Array,
+        cross_mask: Array | None,
+        bias: Array,
+        *,
+        deterministic: bool,
+        cache: dict[str, Array] | None = None,
+        cache_index: Array | None = None,
+        cross: dict[str, Array] | None = None,
+    ) -> tuple[Array, dict[str, Array], dict[str, Array]]:
+        """Returns (x, self-attention keys/values, cross-attention keys/values)."""
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate)
+        h = _norm(cfg, "self_attention_ln")(x)
+        h, self_kv = Attention(cfg, name="self_attention")(
+            h,
+            h,
+            self_mask,
+            bias,
+            deterministic=deterministic,
+            cache=cache,
+            cache_index=cache_index,
+        )
+        x = x + dropout(h, deterministic=deterministic)
+        h = _norm(cfg, "cross_attention_ln")(x)
+        h, cross = Attention(cfg, name="cross_attention")(
+            h, encoded, cross_mask, None, deterministic=deterministic, kv=cross
+        )
+        x = x + dropout(h, deterministic=deterministic)
+        h = _mlp(cfg)(_norm(cfg, "mlp_ln")(x), deterministic=deterministic)
+        return x + dropout(h, deterministic=deterministic), self_kv, cross
+
+
+class Encoder(nn.Module):
+    """Embedded inputs -> `num_layers` bidirectional layers -> final norm; [b, src, d_model]."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # [batch, src_len, d_model], embedded tokens
+        mask: Array | None,  # [batch, 1, src_len, src_len] bool
+        positions: Array,  # [batch or 1, src_len] int
+        *,
+        deterministic: bool,
+    ) -> Array:
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate)
+        # Computed once, shared by every layer (HF keeps the table in the first block).
+        bias = RelativePositionBias(cfg, bidirectional=True, name="relative_position")(
+            positions, positions
+        )
+        x = dropout(x, deterministic=deterministic)
+        for i in range(cfg.num_layers):
+            x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, bias, deterministic=deterministic)
+        x = _norm(cfg, "final_ln")(x)
+        return dropout(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+    """Embedded targets -> `num_decoder_layers` causal layers -> final norm.
+
+    Returns (hidden [batch, tgt_len, d_model], per-layer self keys/values, per-layer cross
+    keys/values); with `cache` the self keys/values are the updated cache entries.
+    """
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # [batch, tgt_len, d_model], embedded tokens
+        encoded: Array | None,  # [batch, src_len, d_model]; None: use `cross`
+        self_mask: Array,  # [batch or 1, 1, tgt_len, kv_len] bool
+        cross_mask: Array | None,  # [batch, 1, tgt_len, src_len] bool
+        q_positions: Array,  # [batch or 1, tgt_len] int
+        k_positions: Array,  # [batch or 1, kv_len] int
+        *,
+        deterministic: bool,
+        cache: tuple[dict[str, Array], ...] | None = None,
+        cache_index: Array | None = None,
+        cross: tuple[dict[str, Array], ...] | None = None,
+    ) -> tuple[Array, tuple, tuple]:
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate)
+        bias = RelativePositionBias(cfg, bidirectional=False, name="relative_position")(
+            q_positions, k_positions
+        )
+        x = dropout(x, deterministic=deterministic)
+        self_kvs, cross_kvs = [], []
+        for i in range(cfg.num_decoder_layers):
+            x, self_kv, cross_kv = DecoderLayer(cfg, name=f"layer_{i}")(
+                x,
+                encoded,
+                self_mask,
+                cross_mask,
+                bias,
+                deterministic=deterministic,
+                cache=None if cache is None else cache[i],
+                cache_index=cache_index,
+                cross=None if cross is None else cross[i],
+            )
+            self_kvs.append(self_kv)
+            cross_kvs.append(cross_kv)
+        x = _norm(cfg, "final_ln")(x)
+        return dropout(x, deterministic=deterministic), tuple(self_kvs), tuple(cross_kvs)
+
+
+def _key_mask(mask: Array | None) -> Array | None:
+    """[batch, kv_len] 1/True on real tokens -> [batch, 1, 1, kv_len] bool."""
+    return None if mask is None else mask.astype(bool)[:, None, None, :]
+
+
+def _positions(positions: Array | None, length: int) -> Array:
+    return jnp.arange(length)[None] if positions is None else positions
+
+
+class T5(nn.Module):
+    """Encoder-decoder; `__call__` returns logits [batch, tgt_len, vocab] in float32.
+
+    Masks are explicit ([batch, len], 1/True on real tokens; None: all real): a pad id in the
+    tokens means nothing by itself. `encode` and `decode` are the two halves, for
+    `model.apply(..., method=...)`; `decode` with a `cache` (from `init_cache`, see
+    `decode_fns`) decodes incrementally and returns (logits, new cache).
+    """
+
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        dtype, param_dtype = _dtypes(cfg)
+        self.shared = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            embedding_init=layers.normal_init(1.0),
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                kernel_init=layers.normal_init(cfg.d_model**-0.5),
+                dtype=dtype,
+                param_dtype=param_dtype,
+            )
+
+    def _check_length(self, length: int, what: str) -> None:
+        if length > self.config.max_len:
+            raise ValueError(
+                f"{what} length {length} exceeds T5Config.max_len={self.config.max_len}; "
+                "shorten the inputs or raise max_len."
+            )
+
+    def encode(
+        self,
+        encoder_input_tokens: Array,  # [batch, src_len] int
+        encoder_mask: Array | None = None,  # [batch, src_len]
+        *,
+        encoder_segment_ids: Array | None = None,  # [batch, src_len]; packed examples
+        encoder_positions: Array | None = None,  # [batch, src_len]; default 0..src_len-1
+        deterministic: bool = True,
+    ) -> Array:
+        """Encoder output [batch, src_len, d_model] (padding positions are meaningless)."""
+        src_len = encoder_input_tokens.shape[1]
+        self._check_length(src_len, "Encoder input")
+        mask = _key_mask(encoder_mask)
+        if encoder_segment_ids is not None:
+            mask = layers.combine_masks(
+                mask, layers.segment_mask(encoder_segment_ids, encoder_segment_ids)
+            )
+        return self.encoder(
+            self.shared(encoder_input_tokens),
+            mask,
+            _positions(encoder_positions, src_len),
+            deterministic=deterministic,
+        )
+
+    def decode(
+        self,
+        encoded: Array | None,  # [batch, src_len, d_model]; None when decoding from a cache
+        decoder_input_tokens: Array,  # [batch, tgt_len] int, starting with DECODER_START_ID
+        encoder_mask: Array | None = None,  # [batch, src_len]
+        decoder_mask: Array | None = None,  # [batch, tgt_len]
+        *,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        decoder_positions: Array | None = None,
+        deterministic: bool = True,
+        cache: dict[str, Any] | None = None,
+    ) -> Array | tuple[Array, dict[str, Any]]:
+        """Logits [batch, tgt_len, vocab] float32 (and the new cache when given one).
+
+        With a cache, `decoder_input_tokens` are written after what it holds (rows move in
+        lockstep, no target padding, no packing). Given `encoded` (prefill), the cross-attention
+        keys and values are projected and stored with `encoder_mask`; without (a step), the stored
+        ones are used.
+        """
+        cfg = self.config
+        tgt_len = decoder_input_tokens.shape[1]
+        index, cross = None, None
+        if cache is None:
+            self._check_length(tgt_len, "Decoder input")
+            self_mask = layers.combine_masks(layers.causal_mask(tgt_len), _key_mask(decoder_mask))
+            if decoder_segment_ids is not None:
+                self_mask = layers.combine_masks(
+                    self_mask, layers.segment_mask(decoder_segment_ids, decoder_segment_ids)
+                )
+            q_positions = k_positions = _positions(decoder_positions, tgt_len)
+            layer_cache = None
+        else:
+            index = cache["index"][0]  # Rows decode in lockstep; stored per row for beams.
+            if encoded is None:
+                encoder_mask, cross = cache["encoder_mask"], cache["cross"]
+            layer_cache = cache["layers"]
+            max_len = layer_cache[0]["key"].shape[1]
+            self._check_length(max_len, "Decoder cache")
+            q_positions = (index + jnp.arange(tgt_len))[None]  # [1, tgt_len]
+            k_positions = jnp.arange(max_len)[None]  # [1, max_len]
+            self_mask = (k_positions[0][None, :] <= q_positions[0][:, None])[None, None]
+        cross_mask = _key_mask(encoder_mask)
+        if decoder_segment_ids is not None and encoder_segment_ids is not None:
+            cross_mask = layers.combine_masks(
+                cross_mask, layers.segment_mask(decoder_segment_ids, encoder_segment_ids)
+            )
+        x, self_kvs, cross_kvs = self.decoder(
+            self.shared(decoder_input_tokens),
+            encoded,
+            self_mask,
+            cross_mask,
+            q_positions,
+            k_positions,
+            deterministic=deterministic,
+            cache=layer_cache,
+            cache_index=index,
+            cross=cross,
+        )  # [batch, tgt_len, d_model]
+        if cfg.tie_word_embeddings:
+            logits = self.shared.attend(x * cfg.d_model**-0.5)
+        else:
+            logits = self.lm_head(x)
+        logits = logits.astype(jnp.float32)  # [batch, tgt_len, vocab]
+        if cache is None:
+            return logits
+        batch = decoder_input_tokens.shape[0]
+        new_cache = {
+            "index": cache["index"] + tgt_len,
+            "layers": self_kvs,
+            "encoder_mask": jnp.broadcast_to(
+                jnp.ones((), bool) if encoder_mask is None else encoder_mask.astype(bool),
+                (batch, cross_kvs[0]["key"].shape[1]),
+            ),
+            "cross": cross_kvs,
+        }
+        return logits, new_cache
+
+    def __call__(
+        self,
+        encoder_input_tokens: Array,  # [batch, src_len] int
+        decoder_input_tokens: Array,  # [batch, tgt_len] int: targets shifted right after 0
+        encoder_mask: Array | None = None,  # [batch, src_len] 1/True on real tokens
+        decoder_mask: Array | None = None,  # [batch, tgt_len] 1/True on real tokens
+        *,
+        encoder_segment_ids: Array | None = None,  # [batch, src_len]
+        decoder_segment_ids: Array | None = None,  # [batch, tgt_len]
+        encoder_positions: Array | None = None,  # [batch, src_len]
+        decoder_positions: Array | None = None,  # [batch, tgt_len]
+        deterministic: bool = True,
+    ) -> Array:
+        encoded = self.encode(
+            encoder_input_tokens,
+            encoder_mask,
+            encoder_segment_ids=encoder_segment_ids,
+            encoder_positions=encoder_positions,
+            deterministic=deterministic,
+        )
+        return self.decode(
+            encoded,
+            decoder_input_tokens,
+            encoder_mask,
+            decoder_mask,
+            encoder_segment_ids=encoder_segment_ids,
+            decoder_segment_ids=decoder_segment_ids,
+            decoder_positions=decoder_positions,
+            deterministic=deterministic,
+        )
+
+
+def init_cache(cfg: T5Config, batch: int, max_decode_len: int) -> dict[str, Any]:
+    """An empty decoder self-attention cache for `max_decode_len` target positions.
+
+    The encoder-side entries ('encoder_mask' [batch, src_len] and 'cross': per layer
+    {'key', 'value'} [batch, src_len, heads, d_kv]) are added by the prefill `decode`, since
+    their length is the input's. Every leaf has the batch as its leading axis.
+    """
+    kv = (batch, max_decode_len, cfg.num_heads, cfg.d_kv)
+    dtype = jnp.dtype(cfg.dtype)
+    return {
+        "index": jnp.zeros((batch,), jnp.int32),  # Next target position to write.
+        "layers": tuple(
+            {"key": jnp.zeros(kv, dtype), "value": jnp.zeros(kv, dtype)}
+            for _ in range(cfg.num_decoder_layers)
+        ),
+    }
+
+
+def decode_fns(model: T5, max_new_tokens: int) -> tuple[Callable, Callable]:
+    """(prefill, step) for ptjax.decoding; the "prompt" is the encoder input and its mask.
+
+    prefill encodes once, projects every layer's cross-attention keys/values into the cache and
+    returns the logits after the decoder start token (0); step feeds one target token.
+    """
+    cfg = model.config
+
+    def prefill(params: Any, inputs: Array, inputs_mask: Array) -> tuple[Array, dict]:
+        variables = {"params": params}
+        encoded = model.apply(variables, inputs, inputs_mask, method=T5.encode)
+        batch = inputs.shape[0]
+        # The start token takes slot 0 and each of the max_new_tokens steps one more.
+        cache = init_cache(cfg, batch, max_new_tokens + 1)
+        start = jnp.full((batch, 1), DECODER_START_ID, jnp.int32)
+        logits, cache = model.apply(
+            variables, encoded, start, inputs_mask, cache=cache, method=T5.decode
+        )
+        return logits[:, 0], cache
+
+    def step(params: Any, tokens: Array, cache: dict) -> tuple[Array, dict]:
+        logits, cache = model.apply(
+            {"params": params}, None, tokens[:, None], cache=cache, method=T5.decode
+        )
+        return logits[:, 0], cache
+
+    return prefill, step
+
+
+def flops_per_token(cfg: T5Config, src_len: int, tgt_len: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward) of one example per target token.
+
+    Matmul parameters count 6 FLOPs per token they touch: encoder layers per input token;
+    decoder self-attention, cross-attention queries/outputs, FFN and the output projection per
+    target token; cross-attention keys/values per input token (projected once per decoder layer).
+    Attention scores and values count 12 * layers * kv_len * (heads * d_kv) per query token,
+    halved for causal decoder self-attention. Embedding look-ups, norms and the relative bias are
+    left out. The example's total is divided by tgt_len (the tokens a seq2seq loss counts).
+    """
+    d, inner = cfg.d_model, cfg.inner_dim
+    ffn = (3 if cfg.feed_forward == "gated-gelu" else 2) * d * cfg.d_ff
+    enc_layer = 4 * d * inner + ffn
+    dec_layer = 4 * d * inner + 2 * d * inner + ffn  # Self-attention, cross q/o, FFN.
+    encoder = src_len * (
+        6.0 * cfg.num_layers * enc_layer
+        + 6.0 * cfg.num_decoder_layers * 2 * d * inner  # Cross-attention keys and values.
+        + 12.0 * cfg.num_layers * src_len * inner
+    )
+    decoder = tgt_len * (
+        6.0 * (cfg.num_decoder_layers * dec_layer + cfg.vocab_size * d)
+        + 6.0 * cfg.num_decoder_layers * tgt_len * inner
+        + 12.0 * cfg.num_decoder_layers * src_len * inner
+    )
+    return (encoder + decoder) / tgt_len
+
+
+_IGNORED_HF = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+
+
+def params_from_hf(state_dict: Mapping[str, Any], cfg: T5Config) -> dict[str, Any]:
+    """ptjax params (float32 numpy) from a Hugging Face `T5ForConditionalGeneration` state dict.
+
+    Every tensor is accounted for: a missing, unexpected or mis-shaped one raises a ValueError
+    naming it. The per-stack `embed_tokens` copies, and `lm_head.weight` for a tied config, must
+    equal `shared.weight` (Hugging Face ties them); an untied config requires `lm_head.weight`.
+    """
+    sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
+    used: set[str] = set(k for k in _IGNORED_HF if k in sd)
+    d, h, dk, V = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.vocab_size
+
+    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in sd:
+            raise ValueError(f"Hugging Face state dict lacks {name!r} (expected shape {shape}).")
+        if sd[name].shape != shape:
+            raise ValueError(
+                f"Hugging Face tensor {name!r} has shape {sd[name].shape}; T5Config implies "
+                f"{shape}."
+            )
+        used.add(name)
+        return sd[name]
+
+    def same_as_shared(name: str) -> None:
+        if name in sd and not np.array_equal(take(name, (V, d)), shared):
+            raise ValueError(f"Hugging Face tensor {name!r} differs from 'shared.weight'.")
+
+    def attention(prefix: str) -> dict[str, Any]:
+        def heads_in(x: str) -> dict[str, np.ndarray]:
+            return {"kernel": take(f"{prefix}.{x}.weight", (h * dk, d)).T.reshape(d, h, dk)}
+
+        out = take(f"{prefix}.o.weight", (d, h * dk)).T.reshape(h, dk, d)  # [heads, d_kv, d]
+        return {
+            "query": heads_in("q"),
+            "key": heads_in("k"),
+            "value": heads_in("v"),
+            "out": {"kernel": out},
+        }
+
+    def norm(name: str) -> dict[str, np.ndarray]:
+        return {"scale": take(f"{name}.weight", (d,))}
+
+    def mlp(prefix: str) -> dict[str, Any]:
+        wi = ("wi_0", "wi_1") if cfg.feed_forward == "gated-gelu" else ("wi",)
+        out = {w: {"kernel": take(f"{prefix}.{w}.weight", (cfg.d_ff, d)).T} for w in wi}
+        out["wo"] = {"kernel": take(f"{prefix}.wo.weight", (d, cfg.d_ff)).T}
+        return out
+
+    def bias(stack: str) -> dict[str, Any]:
+        name = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        table = take(name, (cfg.relative_attention_num_buckets, h))
+        return {"relative_attention_bias": {"embedding": table}}
+
+    shared = take("shared.weight", (V, d))
+    same_as_shared("encoder.embed_tokens.weight")
+    same_as_shared("decoder.embed_tokens.weight")
+    encoder: dict[str, Any] = {"relative_position": bias("encoder")}
+    for i in range(cfg.num_layers):
+        p = f"encoder.block.{i}.layer"
+        encoder[f"layer_{i}"] = {
+            "self_attention_ln": norm(f"{p}.0.layer_norm"),
+            "self_attention": attention(f"{p}.0.SelfAttention"),
+            "mlp_ln": norm(f"{p}.1.layer_norm"),
+            "mlp": mlp(f"{p}.1.DenseReluDense"),
+        }
+    encoder["final_ln"] = norm("encoder.final_layer_norm")
+    decoder: dict[str, Any] = {"relative_position": bias("decoder")}
+    for i in range(cfg.num_decoder_layers):
+        p = f"decoder.block.{i}.layer"
+        decoder[f"layer_{i}"] = {
+            "self_attention_ln": norm(f"{p}.0.layer_norm"),
+            "self_attention": attention(f"{p}.0.SelfAttention"),
+            "cross_attention_ln": norm(f"{p}.1.layer_norm"),
+            "cross_attention": attention(f"{p}.1.EncDecAttention"),
+            "mlp_ln": norm(f"{p}.2.layer_norm"),
+            "mlp": mlp(f"{p}.2.DenseReluDense"),
+        }
+    decoder["final_ln"] = norm("decoder.final_layer_norm")
+    params: dict[str, Any] = {
+        "shared": {"embedding": shared},
+        "encoder": encoder,
+        "decoder": decoder,
+    }
+    if cfg.tie_word_embeddings:
+        same_as_shared("lm_head.weight")
+    else:
+        params["lm_head"] = {"kernel": take("lm_head.weight", (V, d)).T}
+    unexpected = sorted(set(sd) - used)
+    if unexpected:
+        raise ValueError(
+            f"Hugging Face state dict has tensors T5Config does not use: {unexpected[:5]}"
+            + (f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else "")
+            + "; check num_layers, num_decoder_layers and feed_forward."
+        )
+    return params
