@@ -1,7 +1,8 @@
 """Text corpora as TFDS builders, and `load_texts`, the one way the pipelines read documents.
 
-Local builders (`ptjax_bible`, `text_files`, and the labelled `ptjax_spam` and `labeled_files` of
-`classification_corpora`) prepare offline into `data_dir` on first use. TFDS catalogue datasets
+Local builders (`ptjax_bible`, `text_files`, the labelled `ptjax_spam` and `labeled_files` of
+`classification_corpora`, and the text pairs `ptjax_en_es` and `seq2seq_files` of
+`translation_corpora`) prepare offline into `data_dir` on first use. TFDS catalogue datasets
 (`lm1b`, `c4/en`, ...) are read only if already prepared: ptjax never downloads.
 """
 
@@ -25,6 +26,9 @@ tf = import_tf()
 import tensorflow_datasets as tfds  # noqa: E402  (after import_tf: TF must be set up first)
 
 LOCAL_DATASETS = ("ptjax_bible", "text_files", "ptjax_spam", "labeled_files")
+# Local text-pair builders of `translation_corpora` (no 'text' feature: load_texts reads their
+# dataset.text_key, e.g. 'en').
+PAIR_DATASETS = ("ptjax_en_es", "seq2seq_files")
 # A text_files document (line or file) longer than this is skipped, counted and logged with its
 # file and line: an enormous line is almost always a dump or a missing newline, not prose.
 MAX_DOCUMENT_BYTES = 16 << 20
@@ -366,13 +370,25 @@ def get_builder(
                 test_files=config_dataset.test_files,
                 data_dir=data_dir,
             )
+    elif name in PAIR_DATASETS:
+        from ptjax.data import translation_corpora  # Here: that module imports this one.
+
+        if name == "ptjax_en_es":
+            builder = translation_corpora.PtjaxEnEs(data_dir=data_dir)
+        else:
+            builder = translation_corpora.Seq2SeqFiles(
+                train_files=config_dataset.train_files,
+                validation_files=config_dataset.eval_files,
+                test_files=config_dataset.test_files,
+                data_dir=data_dir,
+            )
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as e:
             raise DataError(
-                f"dataset.name={name!r} is not one of {list(LOCAL_DATASETS)} or a TFDS catalogue "
-                "name (see https://www.tensorflow.org/datasets/catalog)."
+                f"dataset.name={name!r} is not one of {list(LOCAL_DATASETS + PAIR_DATASETS)} or a "
+                "TFDS catalogue name (see https://www.tensorflow.org/datasets/catalog)."
             ) from e
         if not builder.is_prepared():
             raise FileNotFoundError(

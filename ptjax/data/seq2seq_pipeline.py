@@ -1,0 +1,756 @@
+"""tf.data input pipelines of T5-style encoder-decoder tasks: span corruption and text pairs.
+
+Every batch is a dict of numpy arrays shaped [local_device_count, per_device_batch_size, length]
+(SEQ2SEQ_KEYS), length = the encoder length for `encoder_*` keys and the decoder length for
+`decoder_*` keys. Segment ids count the examples packed into a row from 1 (0 on padding);
+positions restart at 0 in each segment; `decoder_input_tokens` are the targets shifted right
+with 0 as the start token, 0 again at every segment start and on padding (T5X's
+`autoregressive_inputs`); `decoder_loss_weights` is float32, 1 on every real target token
+(eos included). Train iterators are infinite, deterministic from config.seed and checkpointable
+(`pipeline.DataIterator`); eval iterators cover their split once, the last batch padded with
+all-zero rows (weight 0), and every process yields the same number of batches.
+
+Lengths. Encoder length = config.seq_len. Decoder length = `seq2seq.target_len` when set (> 0),
+else config.seq_len for text pairs and, for span corruption, the targets length that
+`span_corruption.random_spans_helper(seq_len)` gives (114 for 512).
+
+Text pairs (`seq2seq_*`): the (inputs, targets) fields and the inputs prefix of each dataset are
+`pair_fields`: `ptjax_en_es` = ("translate English to Spanish: " + en, es); `seq2seq_files` =
+(inputs, targets) of JSONL lines; `cnn_dailymail` = ("summarize: " + article, highlights);
+translation sets such as `wmt14_translate/de-en` = the builder's supervised keys (de -> en for
+that one) with T5's prefix "translate German to English: "; `seq2seq.inputs_key` /
+`seq2seq.targets_key` override the fields (a translation set then gets the matching prefix,
+others none). Texts are tokenised, cut to length - 1 tokens and given eos. Training packs
+examples greedily in reading order (`pack_examples`: a row takes the next example while both its
+encoder and decoder sides fit, else a new row starts), unless `pack=False` (one example per row).
+Eval never packs: row i of the eval batches (flattened in order) is example i of
+`seq2seq_eval_texts`, so decoded rows line up with the reference texts for BLEU/ROUGE.
+
+Span corruption (`span_corruption_*`): documents (`corpora.load_texts`) are tokenised and
+concatenated without separators (T5's reduce_concat_tokens), the stream is cut into chunks of
+`random_spans_helper(seq_len)[0]` tokens, and each chunk is corrupted (`span_corruption`), which
+makes its encoder inputs fill the row exactly; so rows hold one chunk each (packing would add
+nothing). The last chunk of a finite (eval) stream may be shorter and is padded. Sentinels are
+the top ids of the model vocabulary `model_vocab_size(config, tokenizer)`.
+
+Config. The `seq2seq` keys below are read with these defaults until the schema declares them
+(ptjax.config): SEQ2SEQ_OPTIONS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ptjax import config as config_lib
+from ptjax.data import corpora, pipeline
+from ptjax.data import span_corruption as sc
+from ptjax.data.tf_setup import import_tf
+from ptjax.data.tokenizer import Tokenizer
+
+tf = import_tf()
+
+import tensorflow_datasets as tfds  # noqa: E402  (after import_tf: TF must be set up first)
+
+SEQ2SEQ_KEYS = (
+    "encoder_input_tokens",
+    "encoder_segment_ids",
+    "encoder_positions",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "decoder_loss_weights",
+)
+# Proposed schema of `config.seq2seq` (key: default), read by `option` until ptjax.config has it.
+SEQ2SEQ_OPTIONS: dict[str, Any] = {
+    "target_len": 0,  # Decoder length; 0: seq_len (pairs) or random_spans_helper's (spans).
+    "extra_ids": sc.EXTRA_IDS,  # Sentinel ids above the tokenizer's pieces (model.vocab_size=0).
+    "noise_density": 0.15,  # Span corruption: share of tokens in noise spans.
+    "mean_noise_span_length": 3.0,  # Span corruption: mean noise span length.
+    "inputs_key": "",  # Text pairs: feature of the inputs; '': the dataset's (pair_fields).
+    "targets_key": "",  # Text pairs: feature of the targets; '': the dataset's.
+}
+LANGUAGE_NAMES = {
+    "cs": "Czech",
+    "de": "German",
+    "en": "English",
+    "es": "Spanish",
+    "et": "Estonian",
+    "fi": "Finnish",
+    "fr": "French",
+    "gu": "Gujarati",
+    "hi": "Hindi",
+    "kk": "Kazakh",
+    "lt": "Lithuanian",
+    "lv": "Latvian",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "tr": "Turkish",
+    "zh": "Chinese",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairFields:
+    """Features holding the inputs and targets texts, and the text put before every input."""
+
+    inputs: str
+    targets: str
+    prefix: str
+
+
+KNOWN_PAIRS = {
+    "ptjax_en_es": PairFields("en", "es", "translate English to Spanish: "),
+    "seq2seq_files": PairFields("inputs", "targets", ""),
+    "cnn_dailymail": PairFields("article", "highlights", "summarize: "),
+}
+
+
+def option(config: ml_collections.ConfigDict, key: str) -> Any:
+    """config.seq2seq.<key>, or its SEQ2SEQ_OPTIONS default while the schema lacks it."""
+    section = config.get("seq2seq")  # TODO(lead): plain config.seq2seq[key] once declared.
+    if section is None or key not in section:
+        return SEQ2SEQ_OPTIONS[key]
+    return section[key]
+
+
+# ----------------------------------------------------------------------------------------------
+# Lengths and vocabulary.
+
+
+def seq2seq_lengths(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(encoder length, decoder length) of text-pair batches."""
+    target_len = option(config, "target_len") or config.seq_len
+    for key, value in (("seq_len", config.seq_len), ("seq2seq.target_len", target_len)):
+        if value < 2:
+            raise config_lib.ConfigError(
+                f"Config key {key}={value} is too short: a row needs one token and eos (>= 2)."
+            )
+    return config.seq_len, target_len
+
+
+def span_corruption_lengths(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(raw tokens per chunk, encoder length, decoder length) of span-corruption batches."""
+    tokens_length, targets_length = sc.random_spans_helper(
+        config.seq_len,
+        noise_density=option(config, "noise_density"),
+        mean_noise_span_length=option(config, "mean_noise_span_length"),
+    )
+    target_len = option(config, "target_len") or targets_length
+    if target_len < targets_length:
+        raise config_lib.ConfigError(
+            f"Config key seq2seq.target_len={target_len} is shorter than the {targets_length} "
+            f"target tokens that span corruption makes of seq_len={config.seq_len} inputs; set it "
+            f">= {targets_length} or 0 (= {targets_length})."
+        )
+    return tokens_length, config.seq_len, target_len
+
+
+def model_vocab_size(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> int:
+    """model.vocab_size when set, else the tokenizer's pieces + seq2seq.extra_ids sentinels."""
+    if config.model.vocab_size > 0:
+        return config.model.vocab_size
+    return sc.model_vocab_size(tokenizer.vocab_size, option(config, "extra_ids"))
+
+
+def _span_vocab(config: ml_collections.ConfigDict, tokenizer: Tokenizer, tokens_length: int) -> int:
+    """The model vocabulary, checked to hold a sentinel for every span of a full chunk."""
+    vocab_size = model_vocab_size(config, tokenizer)
+    _, num_spans = sc.noise_counts(
+        tokens_length, option(config, "noise_density"), option(config, "mean_noise_span_length")
+    )
+    sc.check_sentinel_room(tokenizer.vocab_size, vocab_size, num_spans)
+    return vocab_size
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows.
+
+
+def _row_arrays(num_rows: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(np.zeros((num_rows, length), np.int32) for _ in range(3))
+
+
+def decoder_inputs(targets: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
+    """Targets [..., length] shifted right, 0 where a segment starts and on padding."""
+    shifted = np.zeros_like(targets)
+    shifted[..., 1:] = targets[..., :-1]
+    previous_segment = np.zeros_like(segment_ids)
+    previous_segment[..., 1:] = segment_ids[..., :-1]
+    same = (segment_ids == previous_segment) & (segment_ids > 0)
+    return np.where(same, shifted, 0).astype(np.int32)
+
+
+def pack_examples(
+    inputs: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    *,
+    inputs_len: int,
+    targets_len: int,
+    pack: bool = True,
+) -> dict[str, np.ndarray]:
+    """Rows [num_rows, length] of SEQ2SEQ_KEYS from examples that fit (eos already appended).
+
+    With `pack`, a row takes the next example while both sides fit (next-fit, in order: no
+    example is split, dropped or reordered); else one example per row.
+    """
+    rows: list[list[int]] = []  # Indices of the examples of each row.
+    enc_fill = dec_fill = 0
+    for i, (x, y) in enumerate(zip(inputs, targets, strict=True)):
+        if len(x) > inputs_len or len(y) > targets_len:
+            raise ValueError(f"Example {i} ({len(x)}, {len(y)} tokens) exceeds the row lengths.")
+        fits = (
+            pack and rows and enc_fill + len(x) <= inputs_len and dec_fill + len(y) <= targets_len
+        )
+        if fits:
+            rows[-1].append(i)
+            enc_fill, dec_fill = enc_fill + len(x), dec_fill + len(y)
+        else:
+            rows.append([i])
+            enc_fill, dec_fill = len(x), len(y)
+    enc = _row_arrays(len(rows), inputs_len)  # tokens, segment ids, positions
+    dec = _row_arrays(len(rows), targets_len)
+    for r, members in enumerate(rows):
+        for arrays, sequences in ((enc, inputs), (dec, targets)):
+            start = 0
+            for segment, i in enumerate(members, start=1):
+                n = len(sequences[i])
+                arrays[0][r, start : start + n] = sequences[i]
+                arrays[1][r, start : start + n] = segment
+                arrays[2][r, start : start + n] = np.arange(n)
+                start += n
+    return {
+        "encoder_input_tokens": enc[0],
+        "encoder_segment_ids": enc[1],
+        "encoder_positions": enc[2],
+        "decoder_input_tokens": decoder_inputs(dec[0], dec[1]),
+        "decoder_target_tokens": dec[0],
+        "decoder_segment_ids": dec[1],
+        "decoder_positions": dec[2],
+        "decoder_loss_weights": (dec[1] > 0).astype(np.float32),
+    }
+
+
+def _trim_eos(ids: list[int], length: int, eos_id: int) -> list[int]:
+    """The first length - 1 tokens, then eos (seqio's append_eos_after_trim)."""
+    return [*ids[: length - 1], eos_id]
+
+
+def _encode_pairs(
+    tokenizer: Tokenizer,
+    inputs_len: int,
+    targets_len: int,
+    pack: bool,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """numpy_function body: bytes texts of a group of examples -> its rows (SEQ2SEQ_KEYS order)."""
+    eos = tokenizer.eos_id
+    x = [_trim_eos(ids, inputs_len, eos) for ids in tokenizer.encode_batch(list(inputs))]
+    y = [_trim_eos(ids, targets_len, eos) for ids in tokenizer.encode_batch(list(targets))]
+    rows = pack_examples(x, y, inputs_len=inputs_len, targets_len=targets_len, pack=pack)
+    return tuple(rows[key] for key in SEQ2SEQ_KEYS)
+
+
+def _pair_rows(
+    pairs: tf.data.Dataset, tokenizer: Tokenizer, inputs_len: int, targets_len: int, pack: bool
+) -> tf.data.Dataset:
+    """{'inputs', 'targets'} texts -> rows of SEQ2SEQ_KEYS, packed within groups of
+    DOCS_PER_TOKENIZE_CALL examples (one partly filled row per group at most)."""
+    body = functools.partial(_encode_pairs, tokenizer, inputs_len, targets_len, pack)
+    dtypes = [tf.float32 if key == "decoder_loss_weights" else tf.int32 for key in SEQ2SEQ_KEYS]
+
+    def encode(group: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        # Stateless: a pure function of the texts; checkpoints need not save it.
+        arrays = tf.numpy_function(
+            body, [group["inputs"], group["targets"]], dtypes, stateful=False
+        )
+        out = {}
+        for key, value in zip(SEQ2SEQ_KEYS, arrays, strict=True):
+            value.set_shape([None, inputs_len if key.startswith("encoder") else targets_len])
+            out[key] = value
+        return out
+
+    groups = pairs.batch(pipeline.DOCS_PER_TOKENIZE_CALL)
+    return groups.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+
+def _padding_rows(inputs_len: int, targets_len: int) -> tf.data.Dataset:
+    """All-zero rows (weight 0), forever."""
+    row = {
+        key: tf.zeros(
+            [inputs_len if key.startswith("encoder") else targets_len],
+            tf.float32 if key == "decoder_loss_weights" else tf.int32,
+        )
+        for key in SEQ2SEQ_KEYS
+    }
+    return tf.data.Dataset.from_tensors(row).repeat()
+
+
+def _batches(
+    rows: tf.data.Dataset, config: ml_collections.ConfigDict, local_device_count: int
+) -> tf.data.Dataset:
+    """Rows -> batches [local_devices, per_device_batch, length]."""
+    batch_size = pipeline._global_batch(config, local_device_count)
+    batches = rows.batch(batch_size, drop_remainder=True)  # [batch, length]
+    batches = batches.map(
+        lambda b: pipeline._to_device_shape(b, local_device_count, config.per_device_batch_size),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(pipeline._options())
+
+
+def _num_eval_batches(rows_per_process: Sequence[int], batch_size: int, cap: int) -> int:
+    num_batches = max(math.ceil(rows / batch_size) for rows in rows_per_process)
+    return min(num_batches, cap) if cap > 0 else num_batches
+
+
+# ----------------------------------------------------------------------------------------------
+# Text pairs.
+
+
+def _base_name(name: str) -> str:
+    return name.split(":")[0]  # 'wmt14_translate/de-en:1.0.0' -> 'wmt14_translate/de-en'
+
+
+def _language(code: str) -> str:
+    return LANGUAGE_NAMES.get(code, code)
+
+
+def pair_fields(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> PairFields:
+    """The (inputs, targets) features and inputs prefix of a dataset (module docstring).
+
+    A feature that is missing or not text raises DataError naming the dataset's features.
+    """
+    name = _base_name(config.dataset.name)
+    features = builder.info.features
+    # Translation sets get T5's prefix for whichever direction the keys choose.
+    translation = isinstance(features, tfds.features.Translation) or name == "ptjax_en_es"
+    inputs_key, targets_key = option(config, "inputs_key"), option(config, "targets_key")
+    known = KNOWN_PAIRS.get(name)
+    if known is None:
+        supervised = builder.info.supervised_keys
+        pair = isinstance(supervised, tuple) and len(supervised) == 2
+        if pair and all(isinstance(k, str) for k in supervised):
+            known = PairFields(*supervised, "")
+    if inputs_key or targets_key or translation:
+        fallback = known or PairFields("", "", "")
+        inputs_key = inputs_key or fallback.inputs
+        targets_key = targets_key or fallback.targets
+        prefix = ""
+        if translation:
+            prefix = f"translate {_language(inputs_key)} to {_language(targets_key)}: "
+        fields = PairFields(inputs_key, targets_key, prefix)
+    elif known is not None:
+        fields = known
+    else:
+        raise corpora.DataError(
+            f"dataset.name={config.dataset.name!r}: which features are the inputs and targets "
+            f"is not known; set seq2seq.inputs_key and seq2seq.targets_key (features: "
+            f"{sorted(features.keys())})."
+        )
+    for key, value in (("inputs_key", fields.inputs), ("targets_key", fields.targets)):
+        if value not in features:
+            raise corpora.DataError(
+                f"seq2seq.{key}={value!r} is not a feature of {config.dataset.name!r}; "
+                f"features: {sorted(features.keys())}."
+            )
+        if features[value].tf_dtype != tf.string:
+            raise corpora.DataError(
+                f"seq2seq.{key}={value!r} of {config.dataset.name!r} is not a text feature "
+                f"({features[value]!r})."
+            )
+    return fields
+
+
+def _subsplit(split: str, process_index: int, process_count: int) -> str:
+    if process_count == 1:
+        return split
+    return tfds.even_splits(split, n=process_count)[process_index]
+
+
+def _builder_and_fields(
+    config: ml_collections.ConfigDict, split: str, data_dir: str
+) -> tuple[tfds.core.DatasetBuilder, PairFields]:
+    builder = corpora.get_builder(config.dataset, data_dir=data_dir)
+    fields = pair_fields(config, builder)
+    if corpora.split_num_examples(builder, split) == 0:
+        raise corpora.DataError(f"Split {split!r} of dataset {config.dataset.name!r} is empty.")
+    return builder, fields
+
+
+def load_pairs(
+    config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    data_dir: str,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_files: bool = False,
+) -> tf.data.Dataset:
+    """This process's even, contiguous shard of `split` as {'inputs', 'targets'} tf.string
+    scalars, the prefix already put before the inputs."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    builder, fields = _builder_and_fields(config, split, data_dir)
+    subsplit = _subsplit(split, process_index, process_count)
+    if corpora.split_num_examples(builder, subsplit) == 0:
+        empty = tf.constant([], tf.string)
+        return tf.data.Dataset.from_tensor_slices({"inputs": empty, "targets": empty})
+    read_config = tfds.ReadConfig(
+        shuffle_seed=pipeline._derive_seed(config.seed, "files"),
+        shuffle_reshuffle_each_iteration=True,
+        try_autocache=False,  # A cache would be saved whole in every iterator checkpoint.
+    )
+    ds = builder.as_dataset(split=subsplit, shuffle_files=shuffle_files, read_config=read_config)
+
+    def select(example: dict) -> dict[str, tf.Tensor]:
+        inputs = example[fields.inputs]
+        if fields.prefix:
+            inputs = tf.strings.join([fields.prefix, inputs])
+        return {"inputs": inputs, "targets": example[fields.targets]}
+
+    return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def seq2seq_train_batches(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    data_dir: str,
+    process_index: int,
+    process_count: int,
+    local_device_count: int,
+    pack: bool = True,
+) -> pipeline.DataIterator:
+    """Infinite (inputs, targets) batches (SEQ2SEQ_KEYS) of this process's training shard.
+
+    Examples are shuffled with a seeded buffer (anew every epoch), repeated, encoded, packed
+    (unless `pack=False`), rows shuffled again and batched; the position is checkpointable.
+    """
+    inputs_len, targets_len = seq2seq_lengths(config)
+    split = config.dataset.train_split
+    pairs = load_pairs(
+        config,
+        split,
+        data_dir=data_dir,
+        process_index=process_index,
+        process_count=process_count,
+        shuffle_files=True,
+    )
+    if int(pairs.cardinality()) == 0:
+        raise corpora.DataError(
+            f"Process {process_index} of {process_count} got no examples of split {split!r} of "
+            f"dataset {config.dataset.name!r}; the split has fewer examples than processes."
+        )
+    pairs = pairs.shuffle(
+        config.dataset.shuffle_buffer,
+        seed=pipeline._derive_seed(config.seed, "examples"),
+        reshuffle_each_iteration=True,
+    ).repeat()
+    rows = _pair_rows(pairs, tokenizer, inputs_len, targets_len, pack)
+    rows = rows.shuffle(
+        config.dataset.shuffle_buffer, seed=pipeline._derive_seed(config.seed, "rows")
+    )
+    batches = _batches(rows, config, local_device_count)
+    return pipeline.DataIterator(batches, process_index=process_index, process_count=process_count)
+
+
+def seq2seq_eval_num_batches(
+    config: ml_collections.ConfigDict,
+    *,
+    split: str | None = None,
+    data_dir: str,
+    process_count: int,
+    local_device_count: int,
+) -> int:
+    """Eval batches every process yields: the largest shard's, capped by max_eval_batches."""
+    split = config.dataset.eval_split if split is None else split
+    batch_size = pipeline._global_batch(config, local_device_count)
+    builder, _ = _builder_and_fields(config, split, data_dir)
+    sizes = [
+        corpora.split_num_examples(builder, _subsplit(split, i, process_count))
+        for i in range(process_count)
+    ]
+    return _num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
+
+
+def seq2seq_eval_batches(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    split: str | None = None,
+    data_dir: str,
+    process_index: int,
+    process_count: int,
+    local_device_count: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of this process's shard of `split` (default dataset.eval_split) once.
+
+    One example per row, in `seq2seq_eval_texts` order; the last partial batch and the batches a
+    shorter shard lacks are all-zero rows (weight 0): every process yields
+    `seq2seq_eval_num_batches` batches.
+    """
+    split = config.dataset.eval_split if split is None else split
+    inputs_len, targets_len = seq2seq_lengths(config)
+    num_batches = seq2seq_eval_num_batches(
+        config,
+        split=split,
+        data_dir=data_dir,
+        process_count=process_count,
+        local_device_count=local_device_count,
+    )
+    pairs = load_pairs(
+        config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
+    )
+    rows = _pair_rows(pairs, tokenizer, inputs_len, targets_len, pack=False)
+    rows = rows.concatenate(_padding_rows(inputs_len, targets_len))
+    rows = rows.take(num_batches * pipeline._global_batch(config, local_device_count))
+    return _batches(rows, config, local_device_count).as_numpy_iterator()
+
+
+def seq2seq_eval_texts(
+    config: ml_collections.ConfigDict,
+    *,
+    split: str | None = None,
+    data_dir: str,
+    process_index: int = 0,
+    process_count: int = 1,
+    local_device_count: int = 1,
+) -> tuple[list[str], list[str]]:
+    """(inputs texts with prefix, reference targets texts) of the eval rows, in row order.
+
+    Item i belongs to row i of `seq2seq_eval_batches` (batches flattened [D * B] in order) with
+    the same arguments; cut like the batches when dataset.max_eval_batches caps them (which is
+    why `local_device_count` is needed then).
+    """
+    split = config.dataset.eval_split if split is None else split
+    pairs = load_pairs(
+        config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
+    )
+    if config.dataset.max_eval_batches > 0:
+        batch_size = pipeline._global_batch(config, local_device_count)
+        pairs = pairs.take(config.dataset.max_eval_batches * batch_size)
+    inputs, targets = [], []
+    for pair in pairs.as_numpy_iterator():
+        inputs.append(pair["inputs"].decode("utf-8"))
+        targets.append(pair["targets"].decode("utf-8"))
+    return inputs, targets
+
+
+# ----------------------------------------------------------------------------------------------
+# Span corruption.
+
+
+def _concat_tokens(tokenizer: Tokenizer, texts: np.ndarray) -> np.ndarray:
+    """numpy_function body: the tokens of a group of documents, concatenated (no separator)."""
+    ids = tokenizer.encode_batch(list(texts))
+    return np.fromiter((t for doc in ids for t in doc), np.int32, count=sum(map(len, ids)))
+
+
+def split_chunks(groups: tf.data.Dataset, length: int, *, flush: bool = False) -> tf.data.Dataset:
+    """1-D int32 token groups -> consecutive chunks of `length` tokens; with `flush`, the tokens
+    left at the end of a finite stream form one last, shorter chunk. Leftovers are carried by
+    `Dataset.scan`, so they are part of the iterator's checkpoints."""
+    flagged = groups.map(lambda tokens: (tokens, False))
+    if flush:
+        flagged = flagged.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), True)))
+
+    def step(leftover: tf.Tensor, element: tuple) -> tuple:
+        tokens, final = element
+        stream = tf.concat([leftover, tokens], axis=0)
+        num_full = tf.size(stream) // length
+        rows = tf.reshape(stream[: num_full * length], [-1, length])  # [num_full, length]
+        rest = stream[num_full * length :]
+        last = tf.cast(final & (tf.size(rest) > 0), tf.int32)  # 1: emit the rest as a chunk.
+        padded = tf.pad(rest, [[0, length - tf.size(rest)]])[None, :][:last]
+        rows = tf.concat([rows, padded], axis=0)
+        sizes = tf.concat([tf.fill([num_full], length), tf.size(rest)[None][:last]], axis=0)
+        rest = rest[: tf.size(rest) * (1 - tf.cast(final, tf.int32))]
+        return rest, (rows, sizes)
+
+    chunks = flagged.scan(tf.zeros([0], tf.int32), step).unbatch()
+    return chunks.map(lambda row, size: row[:size])
+
+
+def _span_rows(
+    texts: tf.data.Dataset,
+    tokenizer: Tokenizer,
+    config: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    flush: bool,
+) -> tf.data.Dataset:
+    """Documents -> corrupted rows of SEQ2SEQ_KEYS (one chunk per row)."""
+    tokens_length, inputs_len, targets_len = span_corruption_lengths(config)
+    vocab_size = _span_vocab(config, tokenizer, tokens_length)
+    tokenize = functools.partial(_concat_tokens, tokenizer)
+
+    def tokens_of(batch: tf.Tensor) -> tf.Tensor:
+        # Stateless: tokenisation is a pure function, so iterator checkpoints need not save it.
+        tokens = tf.numpy_function(tokenize, [batch], tf.int32, stateful=False)
+        tokens.set_shape([None])
+        return tokens
+
+    groups = texts.batch(pipeline.DOCS_PER_TOKENIZE_CALL).map(
+        tokens_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    pairs = sc.corrupt_dataset(
+        split_chunks(groups, tokens_length, flush=flush),
+        seed=seed,
+        vocab_size=vocab_size,
+        eos_id=tokenizer.eos_id,
+        noise_density=option(config, "noise_density"),
+        mean_noise_span_length=option(config, "mean_noise_span_length"),
+    )
+
+    def features(pair: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        out = {}
+        for side, tokens, length in (
+            ("encoder", pair["inputs"], inputs_len),
+            ("decoder", pair["targets"], targets_len),
+        ):
+            n = tf.size(tokens)
+            real = tf.cast(tf.range(length) < n, tf.int32)
+            out[f"{side}_segment_ids"] = real
+            out[f"{side}_positions"] = tf.range(length) * real
+            padded = tf.ensure_shape(tf.pad(tokens, [[0, length - n]]), [length])
+            out["encoder_input_tokens" if side == "encoder" else "decoder_target_tokens"] = padded
+        targets = out["decoder_target_tokens"]
+        out["decoder_input_tokens"] = tf.pad(targets[:-1], [[1, 0]]) * out["decoder_segment_ids"]
+        out["decoder_loss_weights"] = tf.cast(out["decoder_segment_ids"], tf.float32)
+        return {key: out[key] for key in SEQ2SEQ_KEYS}
+
+    return pairs.map(features, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def span_corruption_train_batches(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    data_dir: str,
+    process_index: int,
+    process_count: int,
+    local_device_count: int,
+) -> pipeline.DataIterator:
+    """Infinite span-corruption batches (SEQ2SEQ_KEYS) of this process's shard of the documents.
+
+    Documents are shuffled (anew every epoch), concatenated, chunked and corrupted (chunk i of
+    the run with seed (derived seed, i)); rows are shuffled and batched; checkpointable.
+    """
+    span_corruption_lengths(config)  # A too-short seq_len or target_len fails here.
+    dataset, split = config.dataset, config.dataset.train_split
+    texts = corpora.load_texts(
+        dataset,
+        split,
+        data_dir=data_dir,
+        shard=(process_index, process_count),
+        shuffle_files=True,
+        seed=pipeline._derive_seed(config.seed, "files"),
+    )
+    if int(texts.cardinality()) == 0:
+        raise corpora.DataError(
+            f"Process {process_index} of {process_count} got no documents of split {split!r} of "
+            f"dataset {dataset.name!r}; the split has fewer documents than processes."
+        )
+    texts = texts.shuffle(
+        dataset.shuffle_buffer,
+        seed=pipeline._derive_seed(config.seed, "documents"),
+        reshuffle_each_iteration=True,
+    ).repeat()
+    rows = _span_rows(
+        texts, tokenizer, config, seed=pipeline._derive_seed(config.seed, "noise"), flush=False
+    )
+    rows = rows.shuffle(dataset.shuffle_buffer, seed=pipeline._derive_seed(config.seed, "rows"))
+    batches = _batches(rows, config, local_device_count)
+    return pipeline.DataIterator(batches, process_index=process_index, process_count=process_count)
+
+
+@functools.lru_cache(maxsize=16)
+def _span_eval_rows_per_process(
+    dataset_items: tuple,
+    split: str,
+    data_dir: str,
+    tokenizer_key: tuple,
+    tokens_length: int,
+    process_count: int,
+) -> tuple[int, ...]:
+    """Span-corruption eval rows (chunks) of each process's shard."""
+    dataset = ml_collections.ConfigDict(dict(dataset_items))
+    tokenizer = Tokenizer(tokenizer_key[0])
+    counts = []
+    for process_index in range(process_count):
+        texts = corpora.load_texts(
+            dataset, split, data_dir=data_dir, shard=(process_index, process_count)
+        )
+        num_tokens = 0
+        for group in texts.batch(pipeline.DOCS_PER_TOKENIZE_CALL).as_numpy_iterator():
+            num_tokens += sum(map(len, tokenizer.encode_batch(list(group))))
+        counts.append(math.ceil(num_tokens / tokens_length))
+    return tuple(counts)
+
+
+def span_corruption_eval_num_batches(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    data_dir: str,
+    process_count: int,
+    local_device_count: int,
+) -> int:
+    """Eval batches every process yields: the longest shard's, capped by max_eval_batches."""
+    tokens_length, _, _ = span_corruption_lengths(config)
+    rows = _span_eval_rows_per_process(
+        tuple(sorted(config.dataset.to_dict().items())),
+        config.dataset.eval_split,
+        data_dir,
+        (tokenizer.path, tokenizer.vocab_size),
+        tokens_length,
+        process_count,
+    )
+    batch_size = pipeline._global_batch(config, local_device_count)
+    return _num_eval_batches(rows, batch_size, config.dataset.max_eval_batches)
+
+
+def span_corruption_eval_batches(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    data_dir: str,
+    process_index: int,
+    process_count: int,
+    local_device_count: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's eval documents once, corrupted the same way on every call.
+
+    Chunked like training (unshuffled, the last chunk shorter), with noise from a fixed seed
+    derived from config.seed; padded with all-zero rows so every process yields
+    `span_corruption_eval_num_batches` batches.
+    """
+    _, inputs_len, targets_len = span_corruption_lengths(config)
+    num_batches = span_corruption_eval_num_batches(
+        config,
+        tokenizer,
+        data_dir=data_dir,
+        process_count=process_count,
+        local_device_count=local_device_count,
+    )
+    texts = corpora.load_texts(
+        config.dataset,
+        config.dataset.eval_split,
+        data_dir=data_dir,
+        shard=(process_index, process_count),
+    )
+    rows = _span_rows(
+        texts, tokenizer, config, seed=pipeline._derive_seed(config.seed, "eval_noise"), flush=True
+    )
+    rows = rows.concatenate(_padding_rows(inputs_len, targets_len))
+    rows = rows.take(num_batches * pipeline._global_batch(config, local_device_count))
+    return _batches(rows, config, local_device_count).as_numpy_iterator()
