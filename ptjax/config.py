@@ -63,6 +63,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.mlm.whole_word = False  # Select whole words (SentencePiece word starts).
     c.mlm.sentence_pairs = False  # Rows of two segments [CLS] A [SEP] B [SEP] (segment ids 0/1).
 
+    # Encoder-decoder tasks (task='span_corruption' or 'seq2seq', T5 family).
+    c.seq2seq = ml_collections.ConfigDict()
+    c.seq2seq.target_len = 0  # Decoder length; 0: seq_len (pairs) or T5's for span corruption.
+    c.seq2seq.extra_ids = 100  # Sentinel ids above the tokenizer's pieces (model.vocab_size=0).
+    c.seq2seq.noise_density = 0.15  # Span corruption: share of tokens in noise spans.
+    c.seq2seq.mean_noise_span_length = 3.0  # Span corruption: mean noise span length.
+    c.seq2seq.inputs_key = ""  # Text pairs: feature of the inputs; '': the dataset's.
+    c.seq2seq.targets_key = ""  # Text pairs: feature of the targets; '': the dataset's.
+
     # Extractive QA (task='extractive_qa'), SQuAD v1.1 style.
     c.qa = ml_collections.ConfigDict()
     c.qa.doc_stride = 128  # Context tokens between the starts of overlapping windows.
@@ -151,6 +160,10 @@ _RANGES = {
     "mlm.mask_rate": (0.0, 1.0, "[]"),
     "mlm.random_rate": (0.0, 1.0, "[]"),
     "mlm.keep_rate": (0.0, 1.0, "[]"),
+    "seq2seq.target_len": (0, _INT_MAX, "[]"),
+    "seq2seq.extra_ids": (0, _INT_MAX, "[]"),
+    "seq2seq.noise_density": (0.0, 1.0, "()"),
+    "seq2seq.mean_noise_span_length": (1.0, math.inf, "[)"),
     "qa.doc_stride": (1, _INT_MAX, "[]"),
     "qa.max_query_len": (1, _INT_MAX, "[]"),
     "qa.max_answer_len": (1, _INT_MAX, "[]"),

@@ -184,3 +184,46 @@ def bert_qa_config(size: str, dataset: str = "ptjax_qa_demo") -> ml_collections.
     c.best_metric = "f1"
     c.best_metric_mode = "max"
     return c
+
+
+# T5 training defaults (T5 paper: 2^19 steps of 128 x 512 tokens at Adafactor 1e-2 for
+# pretraining; here AdamW, CPU-sized for 'tiny').
+_T5_TRAINING = {
+    "tiny": dict(seq_len=128, per_device_batch_size=16, learning_rate=1e-3, total_steps=2000),
+}
+_T5_BIG = dict(seq_len=512, per_device_batch_size=16, learning_rate=1e-3, total_steps=524_288)
+
+
+def t5_config(size: str, task: str = "span_corruption") -> ml_collections.ConfigDict:
+    """A T5 of the named size: span-corruption pretraining on the bundled corpus, or
+    task='seq2seq' fine-tuning on the bundled en->es verse pairs."""
+    from ptjax.models import t5
+
+    if size not in t5.SIZES:
+        raise ConfigError(f"T5 size {size!r} is not one of {sorted(t5.SIZES)}.")
+    if task not in ("span_corruption", "seq2seq"):
+        raise ConfigError(f"T5 task {task!r} is not 'span_corruption' or 'seq2seq'.")
+    t = _T5_TRAINING.get(size, _T5_BIG)
+    c = base_config()
+    c.task = task
+    c.model.family = "t5"
+    c.model.size = size
+    c.seq_len = t["seq_len"]
+    c.per_device_batch_size = t["per_device_batch_size"]
+    c.total_steps = t["total_steps"]
+    c.optimizer.learning_rate = t["learning_rate"]
+    c.optimizer.warmup_steps = min(10_000, t["total_steps"] // 10)
+    c.optimizer.schedule = "linear"
+    c.optimizer.end_learning_rate_fraction = 0.0
+    c.optimizer.weight_decay = 0.01
+    if size != "tiny":
+        c.tokenizer.vocab_size = 32000
+    if task == "seq2seq":
+        c.dataset.name = "ptjax_en_es"
+        c.seq_len = 128 if size == "tiny" else 512
+        c.total_steps = 3000 if size == "tiny" else 50_000
+        c.optimizer.learning_rate = 1e-3 if size == "tiny" else 1e-4
+        c.optimizer.warmup_steps = c.total_steps // 10
+    c.log_every_steps = 50 if size == "tiny" else 100
+    c.eval_every_steps = c.checkpoint_every_steps = 500 if size == "tiny" else 5000
+    return c

@@ -31,7 +31,8 @@ def test_config_file_loads_validates_and_builds(path):
     head_kwargs = {"num_labels": 2} if config.task == "classification" else {}
     model, model_config = models.build(config, **head_kwargs)
     x = jnp.zeros((1, config.seq_len), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))  # No allocation.
+    inputs = (x, x) if config.model.family == "t5" else (x,)  # Encoder and decoder inputs.
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))  # No allocation.
     assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) > 0
     assert model_config.max_len >= config.seq_len
 
@@ -41,6 +42,7 @@ def test_config_files_exist():
     assert {"gpt_tiny.py", "gpt_small.py", "gpt_medium.py", "gpt_large.py", "gpt_xl.py"} <= names
     bert = {f"bert_{size}.py" for size in ("tiny", "mini", "small", "base", "large")}
     assert bert | {"bert.py", "bert_classify.py"} <= names
+    assert {"t5.py", "t5_tiny.py", "t5_small.py", "t5_base.py", "t5_large.py"} <= names
 
 
 def test_variant_argument():

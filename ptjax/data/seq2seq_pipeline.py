@@ -115,7 +115,7 @@ KNOWN_PAIRS = {
 
 def option(config: ml_collections.ConfigDict, key: str) -> Any:
     """config.seq2seq.<key>, or its SEQ2SEQ_OPTIONS default while the schema lacks it."""
-    section = config.get("seq2seq")  # TODO(lead): plain config.seq2seq[key] once declared.
+    section = config.get("seq2seq")  # Configs built without base_config() may lack it.
     if section is None or key not in section:
         return SEQ2SEQ_OPTIONS[key]
     return section[key]

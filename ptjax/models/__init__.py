@@ -9,7 +9,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from ptjax.models import bert, gpt
+from ptjax.models import bert, gpt, t5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +24,10 @@ class ModelFamily:
     heads: dict[str, type[nn.Module]] = dataclasses.field(default_factory=dict)
     # Control pieces a tokenizer trained for this family must hold (BERT's [CLS] [SEP] [MASK]).
     control_symbols: tuple[str, ...] = ()
+    # Ids the model has beyond the tokenizer's pieces (T5's sentinels), from the run config.
+    extra_vocab: Callable[[ml_collections.ConfigDict], int] = lambda config: 0
+    # Whether d_model must split evenly into heads (not for T5, whose d_kv is explicit).
+    heads_divide_width: bool = True
     # (model, max_new_tokens) -> (prefill, step) for ptjax.decoding; None if it cannot decode.
     decode_fns: Callable[[Any, int], tuple[Callable, Callable]] | None = None
     # params -> what prefill/step take (e.g. with the output table transposed once per call).
@@ -35,7 +39,7 @@ class ModelFamily:
         if config.model.vocab_size:
             params["vocab_size"] = config.model.vocab_size
         elif vocab_size is not None:
-            params["vocab_size"] = vocab_size
+            params["vocab_size"] = vocab_size + self.extra_vocab(config)
         if config.model.max_len:
             params["max_len"] = config.model.max_len
         if config.model.dropout_rate >= 0:
@@ -57,7 +61,7 @@ class ModelFamily:
         from ptjax.config import ConfigError
 
         cfg = self.make_config(config)
-        if cfg.d_model % cfg.num_heads:
+        if self.heads_divide_width and cfg.d_model % cfg.num_heads:
             raise ConfigError(
                 f"model.size={config.model.size!r}: d_model={cfg.d_model} is not divisible by "
                 f"num_heads={cfg.num_heads}."
@@ -81,6 +85,10 @@ class ModelFamily:
             )
 
 
+def _t5_flops(cfg: t5.T5Config, seq_len: int) -> float:
+    return t5.flops_per_token(cfg, seq_len, seq_len)
+
+
 MODELS: dict[str, ModelFamily] = {
     "gpt": ModelFamily(
         module=gpt.GPT,
@@ -101,6 +109,15 @@ MODELS: dict[str, ModelFamily] = {
             "extractive_qa": bert.BertForQuestionAnswering,
         },
         control_symbols=bert.CONTROL_SYMBOLS,
+    ),
+    "t5": ModelFamily(
+        module=t5.T5,
+        config_class=t5.T5Config,
+        sizes=t5.SIZES,
+        flops_per_token=_t5_flops,  # Inputs and targets of seq_len tokens.
+        decode_fns=t5.decode_fns,
+        extra_vocab=lambda config: config.seq2seq.extra_ids,
+        heads_divide_width=False,
     ),
 }
 

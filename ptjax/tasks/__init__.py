@@ -15,12 +15,15 @@ from ptjax.tasks.causal_lm import CausalLM
 from ptjax.tasks.classification import Classification
 from ptjax.tasks.extractive_qa import ExtractiveQA
 from ptjax.tasks.masked_lm import MaskedLM
+from ptjax.tasks.seq2seq import Seq2Seq, SpanCorruption
 
 TASKS: dict[str, type] = {
     "causal_lm": CausalLM,
     "masked_lm": MaskedLM,
     "classification": Classification,
     "extractive_qa": ExtractiveQA,
+    "span_corruption": SpanCorruption,
+    "seq2seq": Seq2Seq,
 }
 
 

@@ -22,6 +22,8 @@ class Task(Protocol):
 
     name: str
     families: tuple[str, ...]  # Model families (keys of ptjax.models.MODELS) it can train.
+    # Optional `weights_key`: the batch key of the loss weights the train step normalises by
+    # (default 'weights'; T5's tasks use 'decoder_loss_weights').
 
     def train_batches(
         self,

@@ -38,7 +38,8 @@ def train_step(
     """
     rng = step_rng(state.rng, state.step, axis_name)
     # The token count over all devices: local sums divided by it are shares of the global mean.
-    total_weight = jnp.maximum(jax.lax.psum(jnp.sum(batch["weights"]), axis_name), 1.0)
+    weights = batch[getattr(task, "weights_key", "weights")]  # The task's loss weights.
+    total_weight = jnp.maximum(jax.lax.psum(jnp.sum(weights), axis_name), 1.0)
 
     def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
         loss_sum, sums = task.loss(model, params, batch, rng=rng, train=True)

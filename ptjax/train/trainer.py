@@ -287,16 +287,22 @@ def _lock_workdir(workdir: str, cleanup: contextlib.ExitStack) -> None:
         raise WorkdirError(error)
 
 
+def _samples_text(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run's model continues text prompts (sample_prompts): causal LMs do."""
+    return config.task == "causal_lm" and models.MODELS[config.model.family].decode_fns is not None
+
+
 def check_tokenizer_fits(
     config: ml_collections.ConfigDict, tokenizer: Tokenizer, model_config: Any
 ) -> None:
     """Config checks that need the tokenizer: vocabulary size and sample prompt lengths."""
+    family = models.MODELS[config.model.family]
     try:
-        check_vocab(tokenizer, model_config.vocab_size)
+        # A T5 model holds the tokenizer's pieces plus its sentinel ids.
+        check_vocab(tokenizer, model_config.vocab_size - family.extra_vocab(config))
     except ValueError as e:
         raise config_lib.ConfigError(f"Config key model.vocab_size: {e}") from None
-    family = models.MODELS[config.model.family]
-    if config.sample_every_steps and family.decode_fns:
+    if config.sample_every_steps and _samples_text(config):
         longest = 1 + max(len(ids) for ids in tokenizer.encode_batch(list(config.sample_prompts)))
         if longest + config.sample_max_new_tokens > model_config.max_len:
             raise config_lib.ConfigError(
@@ -446,7 +452,7 @@ def _train_and_evaluate(
 
     generator = None
     family = models.MODELS[config.model.family]
-    if config.sample_every_steps and family.decode_fns and jax.process_index() == 0:
+    if config.sample_every_steps and _samples_text(config) and jax.process_index() == 0:
         from ptjax.decoding.generator import Generator
 
         # One local device and plain jit: process 0 samples alone, without collectives.

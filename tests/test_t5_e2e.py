@@ -1,0 +1,78 @@
+"""T5 through the shared trainer on 8 fake devices: span-corruption pretraining on the bundled
+corpus, then en->es fine-tuning from that checkpoint (the whole model restored)."""
+
+import os
+
+import numpy as np
+import pytest
+from test_train_e2e import read_scalars, snapshot
+
+from ptjax.config import ConfigError
+from ptjax.config_presets import t5_config
+from ptjax.train import trainer
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _small(config, data_dir, steps=4):
+    config.dataset.data_dir = data_dir
+    config.seq_len = 32
+    config.per_device_batch_size = 1  # x 8 fake devices.
+    config.total_steps = config.eval_every_steps = config.checkpoint_every_steps = steps
+    config.optimizer.warmup_steps = 1
+    config.log_every_steps = 2
+    config.dataset.shuffle_buffer = 64
+    config.dataset.max_eval_batches = 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+    config = _small(t5_config("tiny"), data_dir)
+    config.tokenizer.vocab_size = 400
+    config.tokenizer.max_sentences = 1500
+    workdir = str(tmp_path_factory.mktemp("t5_spans"))
+    return workdir, trainer.train_and_evaluate(config, workdir)
+
+
+def test_span_corruption_pretraining(pretrained):
+    workdir, result = pretrained
+    assert result["step"] == 4
+    assert np.isfinite(result["eval"]["loss"]) and 0.0 <= result["eval"]["accuracy"] <= 1.0
+    assert {"train/loss", "eval/loss", "eval/perplexity"} <= set(read_scalars(workdir))
+
+
+def test_en_es_fine_tuning_from_the_pretrained_run(pretrained, data_dir, tmp_path):
+    source, _ = pretrained
+    before = snapshot(source)
+    config = _small(t5_config("tiny", "seq2seq"), data_dir)
+    config.init_checkpoint = source
+    workdir = str(tmp_path / "en_es")
+    result = trainer.train_and_evaluate(config, workdir)
+    assert result["step"] == 4 and np.isfinite(result["eval"]["loss"])
+    assert snapshot(source) == before
+    # The model holds the tokenizer's 400 pieces plus 100 sentinel ids.
+    from ptjax.train.checkpoint import restore_params
+
+    params = restore_params(workdir, _abstract(config))
+    assert params["shared"]["embedding"].shape[0] == 500
+
+
+def _abstract(config):
+    import jax
+
+    from ptjax import models
+
+    model, _ = models.build(config, 400)
+    return jax.eval_shape(lambda: trainer.init_params(config, model, jax.random.PRNGKey(0)))
+
+
+def test_t5_refuses_tasks_of_other_families(data_dir, tmp_path):
+    config = _small(t5_config("tiny"), data_dir)
+    config.task = "masked_lm"
+    with pytest.raises(ConfigError, match="cannot run task='masked_lm'"):
+        trainer.train_and_evaluate(config, str(tmp_path / "x"))
+    assert not os.path.exists(tmp_path / "x")
