@@ -1,6 +1,7 @@
 """T5 through the shared trainer on 8 fake devices: span-corruption pretraining on the bundled
 corpus, then en->es fine-tuning from that checkpoint (the whole model restored)."""
 
+import json
 import os
 
 import numpy as np
@@ -53,7 +54,12 @@ def test_en_es_fine_tuning_from_the_pretrained_run(pretrained, data_dir, tmp_pat
     workdir = str(tmp_path / "en_es")
     result = trainer.train_and_evaluate(config, workdir)
     assert result["step"] == 4 and np.isfinite(result["eval"]["loss"])
+    assert 0.0 <= result["eval"]["bleu"] <= 100.0  # Greedy decoding of every eval example.
     assert snapshot(source) == before
+    with open(os.path.join(workdir, "results", "validation_step_4.json")) as f:
+        samples = json.load(f)["samples"]
+    assert len(samples) == 10 and all(s["reference"] for s in samples)  # Spanish verses.
+    assert "eval/bleu" in read_scalars(workdir)
     # The model holds the tokenizer's 400 pieces plus 100 sentinel ids.
     from ptjax.train.checkpoint import restore_params
 
@@ -76,3 +82,22 @@ def test_t5_refuses_tasks_of_other_families(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="cannot run task='masked_lm'"):
         trainer.train_and_evaluate(config, str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_bleu_statistics_summed_over_shards_give_the_corpus_bleu():
+    """What Seq2SeqWithBleu does across processes: add sacrebleu's sufficient statistics."""
+    from sacrebleu.metrics import BLEU
+
+    predictions = ["En el principio creó Dios los cielos", "y la tierra estaba desordenada",
+                   "Y dijo Dios: Sea la luz", "y fue la luz"]  # fmt: skip
+    references = ["En el principio creó Dios los cielos y la tierra",
+                  "Y la tierra estaba desordenada y vacía", "Y dijo Dios: Sea la luz: y fué la luz",
+                  "Y vió Dios que la luz era buena"]  # fmt: skip
+    bleu = BLEU()
+    whole = bleu.corpus_score(predictions, [references]).score
+    shards = [
+        np.sum(bleu._extract_corpus_statistics(predictions[i : i + 2], [references[i : i + 2]]), 0)
+        for i in (0, 2)
+    ]
+    summed = bleu._compute_score_from_stats((shards[0] + shards[1]).tolist()).score
+    assert summed == pytest.approx(whole) and 0 < whole < 100

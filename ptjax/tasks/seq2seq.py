@@ -4,7 +4,9 @@ fine-tuning (translation, summarization, generative QA).
 Both train the decoder's next-token cross-entropy over real target tokens (packed examples are
 kept apart by segment ids and per-example positions); they differ in their input pipelines
 (`ptjax.data.seq2seq_pipeline`). Eval reports loss, token accuracy and perplexity over the
-whole eval split.
+whole eval split; `seq2seq` also decodes every eval example greedily (the KV-cached loop of
+`ptjax.decoding`) and scores the texts with sacrebleu's corpus BLEU (its standard 13a
+tokenisation), summing BLEU's sufficient statistics across processes.
 """
 
 from __future__ import annotations
@@ -96,3 +98,82 @@ class Seq2Seq(SpanCorruption):
         from ptjax.data import seq2seq_pipeline
 
         return seq2seq_pipeline.seq2seq_eval_batches(config, tokenizer, **kwargs)
+
+
+class Seq2SeqWithBleu(Seq2Seq):
+    """`seq2seq` with decoding: eval adds corpus BLEU of greedy outputs against the references."""
+
+    def __init__(self) -> None:
+        self._decode_cache: dict[tuple, Any] = {}
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("loss", "accuracy", "perplexity", "bleu")
+
+    def _decoder(self, model: nn.Module, max_new_tokens: int, eos_id: int) -> Any:
+        """pmapped (params, batch) -> (loss sums, new tokens, lengths), compiled once."""
+        key = (id(model), max_new_tokens, eos_id)
+        if key not in self._decode_cache:
+            from ptjax.decoding.search import DecodeConfig, sample
+            from ptjax.models import t5
+            from ptjax.train import parallel
+
+            cfg = DecodeConfig(max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=0)
+            prefill, step = t5.decode_fns(model, max_new_tokens)
+
+            def run(params, batch):
+                _, sums = _loss(model, params, batch, rng=None, train=False)
+                tokens = batch["encoder_input_tokens"]
+                mask = batch["encoder_segment_ids"] > 0
+                rng = jax.random.PRNGKey(0)
+                new, lengths = sample(prefill, step, params, tokens, mask, rng, cfg)
+                return jax.lax.psum(sums, parallel.AXIS), new, lengths
+
+            self._decode_cache[key] = jax.pmap(run, axis_name=parallel.AXIS)
+        return self._decode_cache[key]
+
+    def run_eval(
+        self, model, params, config, tokenizer, *, data_dir, process_index, process_count,
+        local_device_count,
+    ) -> tuple[dict[str, float], dict[str, Any]]:  # fmt: skip
+        import numpy as np
+        from jax.experimental import multihost_utils
+        from sacrebleu.metrics import BLEU
+
+        from ptjax.data import seq2seq_pipeline
+
+        kwargs = dict(
+            data_dir=data_dir,
+            process_index=process_index,
+            process_count=process_count,
+            local_device_count=local_device_count,
+        )
+        _, targets_len = seq2seq_pipeline.seq2seq_lengths(config)
+        run = self._decoder(model, targets_len, tokenizer.eos_id)
+        total, rows = None, []
+        for batch in seq2seq_pipeline.seq2seq_eval_batches(config, tokenizer, **kwargs):
+            sums, new, lengths = run(params, batch)
+            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+            new, lengths = np.asarray(new), np.asarray(lengths)
+            rows += [r[:n].tolist() for r, n in zip(new.reshape(-1, new.shape[-1]),
+                                                     lengths.reshape(-1), strict=True)]  # fmt: skip
+        metrics = _summarize(jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(total)))
+        _, references = seq2seq_pipeline.seq2seq_eval_texts(config, **kwargs)
+        pieces = tokenizer.vocab_size  # Sentinel ids above the pieces decode to nothing.
+        predictions = [
+            tokenizer.decode([t for t in row if t < pieces and t != tokenizer.eos_id])
+            for row in rows[: len(references)]
+        ]
+        bleu = BLEU()
+        stats = np.zeros(2 + 2 * bleu.max_ngram_order, np.int64)
+        if references:
+            stats += np.asarray(
+                bleu._extract_corpus_statistics(predictions, [references]), np.int64
+            ).sum(axis=0)
+        if process_count > 1:
+            stats = np.sum(multihost_utils.process_allgather(stats), axis=0)
+        metrics["bleu"] = float(bleu._compute_score_from_stats(stats.tolist()).score)
+        sample_pairs = [
+            {"prediction": p, "reference": r}
+            for p, r in zip(predictions[:10], references[:10], strict=True)
+        ]
+        return metrics, {"samples": sample_pairs}
