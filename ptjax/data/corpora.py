@@ -401,6 +401,18 @@ def get_builder(
     return builder
 
 
+def base_name(name: str) -> str:
+    """A TFDS name without its version: 'glue/sst2:2.0.0' -> 'glue/sst2'."""
+    return name.split(":")[0]
+
+
+def process_subsplit(split: str, process_index: int, process_count: int) -> str:
+    """This process's even, contiguous part of `split` (the whole split for one process)."""
+    if process_count == 1:
+        return split
+    return tfds.even_splits(split, n=process_count)[process_index]
+
+
 def split_num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
     """Number of documents in `split` (may be a sub-split); unknown splits raise naming both."""
     try:
@@ -445,9 +457,7 @@ def load_texts(
             f"dataset.text_key={text_key!r} is not a feature of {name!r}; "
             f"features: {sorted(features.keys())}."
         )
-    subsplit = (
-        split if process_count == 1 else tfds.even_splits(split, n=process_count)[process_index]
-    )
+    subsplit = process_subsplit(split, process_index, process_count)
     if split_num_examples(builder, subsplit) == 0:
         return tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string))
     read_config = tfds.ReadConfig(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Iterator, Sequence
 
 import ml_collections
@@ -306,11 +305,6 @@ def _mlm_eval_rows_per_process(
     return tuple(counts)
 
 
-def _num_eval_batches(rows_per_process: Sequence[int], batch_size: int, cap: int) -> int:
-    num_batches = max(math.ceil(rows / batch_size) for rows in rows_per_process)
-    return min(num_batches, cap) if cap > 0 else num_batches
-
-
 def mlm_eval_num_batches(
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
@@ -332,7 +326,7 @@ def mlm_eval_num_batches(
         process_count,
         cap * batch_size,
     )
-    return _num_eval_batches(rows, batch_size, cap)
+    return pipeline.num_eval_batches(rows, batch_size, cap)
 
 
 def mlm_eval_batches(
@@ -394,10 +388,6 @@ class ExampleFields:
     label: str
 
 
-def _base_name(name: str) -> str:
-    return name.split(":")[0]  # 'glue/sst2:2.0.0' -> 'glue/sst2'
-
-
 def example_fields(
     config_dataset: ml_collections.ConfigDict, features: tfds.features.FeaturesDict
 ) -> ExampleFields:
@@ -407,7 +397,7 @@ def example_fields(
     label). Catalogue datasets use dataset.text_key / text_b_key / label_key, where a key left at
     its schema default takes the dataset's known field from KNOWN_FIELDS.
     """
-    name = _base_name(config_dataset.name)
+    name = corpora.base_name(config_dataset.name)
     available = sorted(features.keys())
     if name in _LOCAL_LABELED:
         fields = ExampleFields("text", "text_b" if "text_b" in features else "", "label")
@@ -519,12 +509,6 @@ def _builder_and_fields(
     return builder, fields
 
 
-def _subsplit(split: str, process_index: int, process_count: int) -> str:
-    if process_count == 1:
-        return split
-    return tfds.even_splits(split, n=process_count)[process_index]
-
-
 def _load_examples(
     config: ml_collections.ConfigDict,
     split: str,
@@ -541,7 +525,7 @@ def _load_examples(
     keys = {"text": fields.text, "label": fields.label}
     if fields.text_b:
         keys["text_b"] = fields.text_b
-    subsplit = _subsplit(split, process_index, process_count)
+    subsplit = corpora.process_subsplit(split, process_index, process_count)
     if corpora.split_num_examples(builder, subsplit) == 0:
         empty = {k: tf.constant([], tf.int32 if k == "label" else tf.string) for k in keys}
         return tf.data.Dataset.from_tensor_slices(empty)
@@ -672,10 +656,10 @@ def classification_eval_num_batches(
     batch_size = pipeline._global_batch(config, local_device_count)
     builder, _ = _builder_and_fields(config, split, data_dir)
     sizes = [
-        corpora.split_num_examples(builder, _subsplit(split, i, process_count))
+        corpora.split_num_examples(builder, corpora.process_subsplit(split, i, process_count))
         for i in range(process_count)
     ]
-    return _num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
+    return pipeline.num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
 
 
 def classification_eval_batches(

@@ -13,7 +13,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -113,6 +113,13 @@ class DataIterator:
                 "and count)."
             )
         self._checkpoint.read(prefix).assert_consumed()
+
+
+def num_eval_batches(rows_per_process: Sequence[int], batch_size: int, cap: int) -> int:
+    """Eval batches every process yields in lockstep: the largest shard's, capped by `cap`
+    (dataset.max_eval_batches; 0 = no cap)."""
+    num_batches = max(math.ceil(rows / batch_size) for rows in rows_per_process)
+    return min(num_batches, cap) if cap > 0 else num_batches
 
 
 def _global_batch(config: ml_collections.ConfigDict, local_device_count: int) -> int:
@@ -230,8 +237,7 @@ def eval_num_batches(
         process_count,
         cap * batch_size,
     )
-    num_batches = max(math.ceil(r / batch_size) for r in rows)
-    return min(num_batches, cap) if cap > 0 else num_batches
+    return num_eval_batches(rows, batch_size, cap)
 
 
 def lm_eval_batches(

@@ -307,17 +307,8 @@ def _batches(
     return batches.prefetch(tf.data.AUTOTUNE).with_options(pipeline._options())
 
 
-def _num_eval_batches(rows_per_process: Sequence[int], batch_size: int, cap: int) -> int:
-    num_batches = max(math.ceil(rows / batch_size) for rows in rows_per_process)
-    return min(num_batches, cap) if cap > 0 else num_batches
-
-
 # ----------------------------------------------------------------------------------------------
 # Text pairs.
-
-
-def _base_name(name: str) -> str:
-    return name.split(":")[0]  # 'wmt14_translate/de-en:1.0.0' -> 'wmt14_translate/de-en'
 
 
 def _language(code: str) -> str:
@@ -329,7 +320,7 @@ def pair_fields(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBui
 
     A feature that is missing or not text raises DataError naming the dataset's features.
     """
-    name = _base_name(config.dataset.name)
+    name = corpora.base_name(config.dataset.name)
     features = builder.info.features
     # Translation sets get T5's prefix for whichever direction the keys choose.
     translation = isinstance(features, tfds.features.Translation) or name == "ptjax_en_es"
@@ -370,12 +361,6 @@ def pair_fields(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBui
     return fields
 
 
-def _subsplit(split: str, process_index: int, process_count: int) -> str:
-    if process_count == 1:
-        return split
-    return tfds.even_splits(split, n=process_count)[process_index]
-
-
 def _builder_and_fields(
     config: ml_collections.ConfigDict, split: str, data_dir: str
 ) -> tuple[tfds.core.DatasetBuilder, PairFields]:
@@ -400,7 +385,7 @@ def load_pairs(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
     builder, fields = _builder_and_fields(config, split, data_dir)
-    subsplit = _subsplit(split, process_index, process_count)
+    subsplit = corpora.process_subsplit(split, process_index, process_count)
     if corpora.split_num_examples(builder, subsplit) == 0:
         empty = tf.constant([], tf.string)
         return tf.data.Dataset.from_tensor_slices({"inputs": empty, "targets": empty})
@@ -476,10 +461,10 @@ def seq2seq_eval_num_batches(
     batch_size = pipeline._global_batch(config, local_device_count)
     builder, _ = _builder_and_fields(config, split, data_dir)
     sizes = [
-        corpora.split_num_examples(builder, _subsplit(split, i, process_count))
+        corpora.split_num_examples(builder, corpora.process_subsplit(split, i, process_count))
         for i in range(process_count)
     ]
-    return _num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
+    return pipeline.num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
 
 
 def seq2seq_eval_batches(
@@ -716,7 +701,7 @@ def span_corruption_eval_num_batches(
         process_count,
     )
     batch_size = pipeline._global_batch(config, local_device_count)
-    return _num_eval_batches(rows, batch_size, config.dataset.max_eval_batches)
+    return pipeline.num_eval_batches(rows, batch_size, config.dataset.max_eval_batches)
 
 
 def span_corruption_eval_batches(
