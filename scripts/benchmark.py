@@ -321,6 +321,24 @@ class _PtjaxSide:
         return 2 * MATMUL_SIZE**3 / best
 
 
+def _torch_adamw(model: Any, opt: dict[str, Any], is_embedding: Callable[[str], bool]) -> Any:
+    """ptjax's optimizer in torch: AdamW with no decay on biases, norms or embeddings."""
+    import torch
+
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and not is_embedding(name) else plain).append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": opt["weight_decay"]},
+            {"params": plain, "weight_decay": 0.0},
+        ],
+        lr=opt["learning_rate"],
+        betas=(opt["b1"], opt["b2"]),
+        eps=opt["eps"],
+    )
+
+
 class _HFSide:
     """transformers' GPT2LMHeadModel of the same shape, torch.optim.AdamW, dropout on."""
 
@@ -333,19 +351,8 @@ class _HFSide:
         cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
         self.model = transformers.GPT2LMHeadModel(_hf_gpt2_config(cfg, opts.hf_attention))
         self.model.train()
-        # ptjax's optimizer: AdamW, no decay on biases, LayerNorms or embeddings, clipping.
-        decay, plain = [], []
-        for name, p in self.model.named_parameters():
-            embedding = name.endswith(("wte.weight", "wpe.weight"))
-            (decay if p.dim() >= 2 and not embedding else plain).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": opt["weight_decay"]},
-                {"params": plain, "weight_decay": 0.0},
-            ],
-            lr=opt["learning_rate"],
-            betas=(opt["b1"], opt["b2"]),
-            eps=opt["eps"],
+        self.optimizer = _torch_adamw(
+            self.model, opt, lambda name: name.endswith(("wte.weight", "wpe.weight"))
         )
         self.clip = opt["grad_clip_norm"]
         self.vocab_size = cfg["vocab_size"]
@@ -427,19 +434,7 @@ class _HFBertSide:
         )
         self.model = transformers.BertForMaskedLM(config)
         self.model.train()
-        decay, plain = [], []
-        for name, p in self.model.named_parameters():
-            embedding = "embeddings" in name
-            (decay if p.dim() >= 2 and not embedding else plain).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": opt["weight_decay"]},
-                {"params": plain, "weight_decay": 0.0},
-            ],
-            lr=opt["learning_rate"],
-            betas=(opt["b1"], opt["b2"]),
-            eps=opt["eps"],
-        )
+        self.optimizer = _torch_adamw(self.model, opt, lambda name: "embeddings" in name)
         self.clip = opt["grad_clip_norm"]
         self.torch = torch
         self.batches = []

@@ -26,6 +26,24 @@ class ExtractiveQA:
 
     def __init__(self) -> None:
         self._predict_cache: dict[int, Any] = {}
+        self._features: dict[tuple, tuple[list, list]] = {}
+
+    def _eval_features(self, config, tokenizer, *, data_dir, process_index, process_count):
+        """(examples, features) of this process's eval shard, built once per run: they depend
+        only on the data, the tokenizer and the windowing, not on the parameters."""
+        from ptjax.data import qa
+
+        key = (config.dataset.eval_split, data_dir, tokenizer.path, process_index, process_count)
+        if key not in self._features:
+            self._features[key] = qa.qa_eval_features(
+                config,
+                tokenizer,
+                split=config.dataset.eval_split,
+                data_dir=data_dir,
+                process_index=process_index,
+                process_count=process_count,
+            )
+        return self._features[key]
 
     def setup(self, config: ml_collections.ConfigDict, *, data_dir: str) -> dict[str, Any]:
         from ptjax.config import ConfigError
@@ -48,10 +66,9 @@ class ExtractiveQA:
     ) -> Any:
         from ptjax.data import qa
 
-        _, features = qa.qa_eval_features(
+        _, features = self._eval_features(
             config,
             tokenizer,
-            split=config.dataset.eval_split,
             data_dir=data_dir,
             process_index=process_index,
             process_count=process_count,
@@ -127,10 +144,9 @@ class ExtractiveQA:
         from ptjax.data import qa
         from ptjax.evaluation import qa_postprocess
 
-        examples, features = qa.qa_eval_features(
+        examples, features = self._eval_features(
             config,
             tokenizer,
-            split=config.dataset.eval_split,
             data_dir=data_dir,
             process_index=process_index,
             process_count=process_count,
