@@ -6,6 +6,10 @@
         --config.init_checkpoint=/tmp/bert_tiny --workdir=/tmp/bert_spam
     python scripts/evaluate.py --workdir=/tmp/bert_spam --split=test --checkpoint=best
 
+The measured recipe (test spam F1 0.957, README) pretrains on the e-mails themselves, adding
+--config.dataset.name=ptjax_spam to the first command (scripts/demo_bert.sh); pretraining on
+the Bible gave 0.919.
+
 Other data: `:dataset=glue/sst2` (or imdb_reviews, ag_news_subset, with TFDS data prepared
 in dataset.data_dir), or your own CSV/JSONL files with `:dataset=labeled_files` and
 --config.dataset.train_files=... --config.dataset.eval_files=... .
