@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seq2seq.mean_noise_span_length = 3.0  # Span corruption: mean noise span length.
     c.seq2seq.inputs_key = ""  # Text pairs: feature of the inputs; '': the dataset's.
     c.seq2seq.targets_key = ""  # Text pairs: feature of the targets; '': the dataset's.
+    c.seq2seq.metrics = ""  # Eval text metrics, comma-separated (bleu, rouge, squad); '': by data.
+    c.seq2seq.num_beams = 1  # Eval decoding: 1 greedy, more for beam search.
 
     # Extractive QA (task='extractive_qa'), SQuAD v1.1 style.
     c.qa = ml_collections.ConfigDict()
@@ -164,6 +166,7 @@ _RANGES = {
     "seq2seq.extra_ids": (0, _INT_MAX, "[]"),
     "seq2seq.noise_density": (0.0, 1.0, "()"),
     "seq2seq.mean_noise_span_length": (1.0, math.inf, "[)"),
+    "seq2seq.num_beams": (1, 64, "[]"),
     "qa.doc_stride": (1, _INT_MAX, "[]"),
     "qa.max_query_len": (1, _INT_MAX, "[]"),
     "qa.max_answer_len": (1, _INT_MAX, "[]"),

@@ -194,15 +194,30 @@ _T5_TRAINING = {
 _T5_BIG = dict(seq_len=512, per_device_batch_size=16, learning_rate=1e-3, total_steps=524_288)
 
 
-def t5_config(size: str, task: str = "span_corruption") -> ml_collections.ConfigDict:
+# Text-to-text fine-tuning sets of t5_config: dataset name, (encoder, decoder) lengths of the
+# published sizes (tiny/mini: 128 each). The eval metric follows the dataset (BLEU, ROUGE, EM/F1).
+T5_SEQ2SEQ_DATA = {
+    "en_es": ("ptjax_en_es", 512, 512),  # Bundled verse pairs, BLEU.
+    "cnn_dailymail": ("cnn_dailymail", 512, 128),  # ROUGE; TFDS, prepared by the user.
+    "xsum": ("xsum", 512, 64),  # ROUGE; TFDS, prepared by the user.
+    "squad": ("squad", 512, 32),  # Generative QA, EM/F1; TFDS, prepared by the user.
+    "qa_demo": ("ptjax_qa_demo", 512, 32),  # Generative QA on the bundled demo questions.
+}
+
+
+def t5_config(
+    size: str, task: str = "span_corruption", data: str = "en_es"
+) -> ml_collections.ConfigDict:
     """A T5 of the named size: span-corruption pretraining on the bundled corpus, or
-    task='seq2seq' fine-tuning on the bundled en->es verse pairs."""
+    task='seq2seq' fine-tuning on `data` (T5_SEQ2SEQ_DATA; default the bundled en->es pairs)."""
     from ptjax.models import t5
 
     if size not in t5.SIZES:
         raise ConfigError(f"T5 size {size!r} is not one of {sorted(t5.SIZES)}.")
     if task not in ("span_corruption", "seq2seq"):
         raise ConfigError(f"T5 task {task!r} is not 'span_corruption' or 'seq2seq'.")
+    if data not in T5_SEQ2SEQ_DATA:
+        raise ConfigError(f"T5 data {data!r} is not one of {sorted(T5_SEQ2SEQ_DATA)}.")
     t = _T5_TRAINING.get(size, _T5_BIG)
     c = base_config()
     c.task = task
@@ -219,8 +234,10 @@ def t5_config(size: str, task: str = "span_corruption") -> ml_collections.Config
     if size != "tiny":
         c.tokenizer.vocab_size = 32000
     if task == "seq2seq":
-        c.dataset.name = "ptjax_en_es"
-        c.seq_len = 128 if size == "tiny" else 512
+        small = size in ("tiny", "mini")
+        c.dataset.name, inputs_len, targets_len = T5_SEQ2SEQ_DATA[data]
+        c.seq_len = 128 if small else inputs_len
+        c.seq2seq.target_len = 128 if small else targets_len
         c.total_steps = 3000 if size == "tiny" else 50_000
         c.optimizer.learning_rate = 1e-3 if size == "tiny" else 1e-4
         c.optimizer.warmup_steps = c.total_steps // 10

@@ -180,6 +180,15 @@ def test_en_es_train_batches_packed_deterministic_and_restorable(tok, data_dir, 
     assert unpacked["encoder_segment_ids"].max() == 1
 
 
+def test_pair_texts_alternate_inputs_and_targets_for_the_tokenizer(data_dir):
+    texts = list(sp.pair_texts(make_config(name="ptjax_en_es"), data_dir=data_dir, max_texts=5))
+    assert len(texts) == 5 and all(
+        t.startswith("translate English to Spanish: ") for t in texts[::2]
+    )
+    spanish = set(r["es"] for r in translation_corpora.en_es_records())
+    assert all(t in spanish for t in texts[1::2])
+
+
 @pytest.mark.parametrize("count", [1, 3])
 def test_en_es_eval_covers_every_example_once_in_text_order(tok, data_dir, count):
     config = make_config(seq_len=48, name="ptjax_en_es", eval_split="validation")
@@ -279,6 +288,13 @@ CNN = [
     },
 ]
 
+XSUM = [
+    {
+        "document": "The council voted on Tuesday to build forty new homes on the old mill site.",
+        "summary": "Council backs homes on the old mill site.",
+    },
+]
+
 
 @pytest.mark.parametrize(
     ("name", "records", "overrides", "want"),
@@ -291,6 +307,7 @@ CNN = [
             ("translate English to German: The house", "Das Haus"),
         ),
         ("cnn_dailymail", CNN, {}, ("summarize: LONDON (CNN)", "River floods")),
+        ("xsum", XSUM, {}, ("summarize: The council voted", "Council backs")),
     ],
 )
 def test_catalogue_datasets_field_mapping(tok, tmp_path, monkeypatch, name, records, overrides,
@@ -395,3 +412,36 @@ def test_errors_name_the_problem(tok, data_dir):
         sp.seq2seq_eval_texts(make_config(name="ptjax_en_es"), split="nope", data_dir=data_dir)
     with pytest.raises(corpora.DataError, match="set seq2seq.inputs_key and seq2seq.targets_key"):
         sp.seq2seq_eval_texts(make_config(name="ptjax_bible"), data_dir=data_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# SQuAD-style QA as text to text.
+
+
+def test_qa_sets_read_as_question_context_to_answer_with_every_answer_kept(tok, tmp_path):
+    records = [
+        {"id": "q1", "question": "Who made the light?", "context": "And God made the light.",
+         "answers": [{"text": "God", "answer_start": 4}, {"text": "And God", "answer_start": 0}]},
+        {"id": "q2", "question": "What was made?", "context": "And God made the light.",
+         "answers": [{"text": "the light", "answer_start": 13}]},
+        {"id": "q3", "question": "Made by whom?", "context": "And God made the light.",
+         "answers": [{"text": "God", "answer_start": 4}]},
+    ]  # fmt: skip
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    config = make_config(seq_len=32, name="qa_files", train_files=str(path), eval_files=str(path))
+    assert sp.is_qa(config) and not sp.is_qa(make_config(name="ptjax_en_es"))
+    inputs, targets = sp.seq2seq_eval_texts(config, data_dir="")
+    assert inputs[0] == "question: Who made the light? context: And God made the light."
+    assert targets == ["God", "the light", "God"]
+    assert sp.seq2seq_eval_references(config, data_dir="") == [["God", "And God"], ["the light"],
+                                                               ["God"]]  # fmt: skip
+    # Two processes: contiguous shards of 2 and 1 examples, lockstep batch counts.
+    shards = [sp.seq2seq_eval_references(config, data_dir="", process_index=i, process_count=2)
+              for i in (0, 1)]  # fmt: skip
+    assert shards == [[["God", "And God"]], [["the light"], ["God"]]]
+    assert sp.split_sizes(config, "validation", data_dir="", process_count=2) == [1, 2]
+    batches = list(sp.seq2seq_eval_batches(config, tok, **shard_kwargs("")))
+    assert sum(float(b["decoder_loss_weights"][..., 0].sum()) for b in batches) == 3
+    batch = next(sp.seq2seq_train_batches(config, tok, **shard_kwargs("")))
+    assert batch["decoder_target_tokens"].shape == (DEVICES, 2, 32)

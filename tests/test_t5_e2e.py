@@ -51,15 +51,18 @@ def test_en_es_fine_tuning_from_the_pretrained_run(pretrained, data_dir, tmp_pat
     before = snapshot(source)
     config = _small(t5_config("tiny", "seq2seq"), data_dir)
     config.init_checkpoint = source
+    config.seq2seq.metrics = "bleu,rouge,squad"  # Every text metric, on beam-searched outputs.
+    config.seq2seq.num_beams = 2
     workdir = str(tmp_path / "en_es")
     result = trainer.train_and_evaluate(config, workdir)
     assert result["step"] == 4 and np.isfinite(result["eval"]["loss"])
-    assert 0.0 <= result["eval"]["bleu"] <= 100.0  # Greedy decoding of every eval example.
+    names = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "f1")
+    assert all(0.0 <= result["eval"][n] <= 100.0 for n in names)  # Every eval example decoded.
     assert snapshot(source) == before
     with open(os.path.join(workdir, "results", "validation_step_4.json")) as f:
         samples = json.load(f)["samples"]
-    assert len(samples) == 10 and all(s["reference"] for s in samples)  # Spanish verses.
-    assert "eval/bleu" in read_scalars(workdir)
+    assert len(samples) == 10 and all(s["references"][0] for s in samples)  # Spanish verses.
+    assert {f"eval/{n}" for n in names} <= set(read_scalars(workdir))
     # The model holds the tokenizer's 400 pieces plus 100 sentinel ids.
     from ptjax.train.checkpoint import restore_params
 
@@ -76,6 +79,14 @@ def _abstract(config):
     return jax.eval_shape(lambda: trainer.init_params(config, model, jax.random.PRNGKey(0)))
 
 
+def test_bad_seq2seq_metrics_are_config_errors_before_anything_is_written(data_dir, tmp_path):
+    config = _small(t5_config("tiny", "seq2seq"), data_dir)
+    config.seq2seq.metrics = "bleu,meteor"
+    with pytest.raises(ConfigError, match="seq2seq.metrics='bleu,meteor'"):
+        trainer.train_and_evaluate(config, str(tmp_path / "x"))
+    assert not os.path.exists(tmp_path / "x")
+
+
 def test_t5_refuses_tasks_of_other_families(data_dir, tmp_path):
     config = _small(t5_config("tiny"), data_dir)
     config.task = "masked_lm"
@@ -85,7 +96,7 @@ def test_t5_refuses_tasks_of_other_families(data_dir, tmp_path):
 
 
 def test_bleu_statistics_summed_over_shards_give_the_corpus_bleu():
-    """What Seq2SeqWithBleu does across processes: add sacrebleu's sufficient statistics."""
+    """What Seq2SeqWithDecoding does across processes: add sacrebleu's sufficient statistics."""
     from sacrebleu.metrics import BLEU
 
     predictions = ["En el principio creó Dios los cielos", "y la tierra estaba desordenada",

@@ -76,6 +76,8 @@ SEQ2SEQ_OPTIONS: dict[str, Any] = {
     "mean_noise_span_length": 3.0,  # Span corruption: mean noise span length.
     "inputs_key": "",  # Text pairs: feature of the inputs; '': the dataset's (pair_fields).
     "targets_key": "",  # Text pairs: feature of the targets; '': the dataset's.
+    "metrics": "",  # Eval text metrics, comma-separated (bleu, rouge, squad); '': by dataset.
+    "num_beams": 1,  # Eval decoding: 1 greedy, more for beam search.
 }
 LANGUAGE_NAMES = {
     "cs": "Czech",
@@ -110,7 +112,12 @@ KNOWN_PAIRS = {
     "ptjax_en_es": PairFields("en", "es", "translate English to Spanish: "),
     "seq2seq_files": PairFields("inputs", "targets", ""),
     "cnn_dailymail": PairFields("article", "highlights", "summarize: "),
+    "xsum": PairFields("document", "summary", "summarize: "),
 }
+# SQuAD-style QA sets (read by ptjax.data.qa) as text to text: qa_inputs(question, context) ->
+# the first answer; evaluation scores against every answer.
+QA_PAIR_DATASETS = ("squad", "qa_files", "ptjax_qa_demo")
+REFERENCE_SEPARATOR = "\x1f"  # Joins a question's answers in load_pairs' 'references'.
 
 
 def option(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -371,6 +378,53 @@ def _builder_and_fields(
     return builder, fields
 
 
+def is_qa(config: ml_collections.ConfigDict) -> bool:
+    """Whether the dataset is a SQuAD-style QA set, read as question + context -> answer."""
+    return corpora.base_name(config.dataset.name) in QA_PAIR_DATASETS
+
+
+def qa_inputs(question: str, context: str) -> str:
+    """T5's text-to-text form of a reading-comprehension question."""
+    return f"question: {question} context: {context}"
+
+
+def _qa_examples(
+    config: ml_collections.ConfigDict, split: str, data_dir: str, shard: tuple[int, int]
+) -> list:
+    from ptjax.data import qa  # SQuAD, qa_files and ptjax_qa_demo are read there.
+
+    return qa.load_examples(config.dataset, split, data_dir=data_dir, shard=shard)
+
+
+def _qa_pairs(
+    config: ml_collections.ConfigDict, split: str, data_dir: str, shard: tuple[int, int]
+) -> tf.data.Dataset:
+    examples = _qa_examples(config, split, data_dir, shard)
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "inputs": tf.constant([qa_inputs(e.question, e.context) for e in examples], tf.string),
+            "targets": tf.constant([e.answers[0] for e in examples], tf.string),
+            "references": tf.constant(
+                [REFERENCE_SEPARATOR.join(e.answers) for e in examples], tf.string
+            ),
+        }
+    )
+
+
+def split_sizes(
+    config: ml_collections.ConfigDict, split: str, *, data_dir: str, process_count: int
+) -> list[int]:
+    """The number of examples of each process's shard of `split`."""
+    if is_qa(config):
+        return [len(_qa_examples(config, split, data_dir, (i, process_count)))
+                for i in range(process_count)]  # fmt: skip
+    builder, _ = _builder_and_fields(config, split, data_dir)
+    return [
+        corpora.split_num_examples(builder, corpora.process_subsplit(split, i, process_count))
+        for i in range(process_count)
+    ]
+
+
 def load_pairs(
     config: ml_collections.ConfigDict,
     split: str,
@@ -380,15 +434,20 @@ def load_pairs(
     process_count: int = 1,
     shuffle_files: bool = False,
 ) -> tf.data.Dataset:
-    """This process's even, contiguous shard of `split` as {'inputs', 'targets'} tf.string
-    scalars, the prefix already put before the inputs."""
+    """This process's even, contiguous shard of `split` as {'inputs', 'targets', 'references'}
+    tf.string scalars, the prefix already put before the inputs; 'references' holds every gold
+    target joined by REFERENCE_SEPARATOR (SQuAD's several answers; else the target)."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    if is_qa(config):
+        return _qa_pairs(config, split, data_dir, (process_index, process_count))
     builder, fields = _builder_and_fields(config, split, data_dir)
     subsplit = corpora.process_subsplit(split, process_index, process_count)
     if corpora.split_num_examples(builder, subsplit) == 0:
         empty = tf.constant([], tf.string)
-        return tf.data.Dataset.from_tensor_slices({"inputs": empty, "targets": empty})
+        return tf.data.Dataset.from_tensor_slices(
+            {"inputs": empty, "targets": empty, "references": empty}
+        )
     read_config = tfds.ReadConfig(
         shuffle_seed=pipeline._derive_seed(config.seed, "files"),
         shuffle_reshuffle_each_iteration=True,
@@ -400,7 +459,8 @@ def load_pairs(
         inputs = example[fields.inputs]
         if fields.prefix:
             inputs = tf.strings.join([fields.prefix, inputs])
-        return {"inputs": inputs, "targets": example[fields.targets]}
+        targets = example[fields.targets]
+        return {"inputs": inputs, "targets": targets, "references": targets}
 
     return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -459,11 +519,7 @@ def seq2seq_eval_num_batches(
     """Eval batches every process yields: the largest shard's, capped by max_eval_batches."""
     split = config.dataset.eval_split if split is None else split
     batch_size = pipeline._global_batch(config, local_device_count)
-    builder, _ = _builder_and_fields(config, split, data_dir)
-    sizes = [
-        corpora.split_num_examples(builder, corpora.process_subsplit(split, i, process_count))
-        for i in range(process_count)
-    ]
+    sizes = split_sizes(config, split, data_dir=data_dir, process_count=process_count)
     return pipeline.num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
 
 
@@ -528,6 +584,46 @@ def seq2seq_eval_texts(
         inputs.append(pair["inputs"].decode("utf-8"))
         targets.append(pair["targets"].decode("utf-8"))
     return inputs, targets
+
+
+def seq2seq_eval_references(
+    config: ml_collections.ConfigDict,
+    *,
+    split: str | None = None,
+    data_dir: str,
+    process_index: int = 0,
+    process_count: int = 1,
+    local_device_count: int = 1,
+) -> list[list[str]]:
+    """Every gold target of each eval row, in `seq2seq_eval_texts` order (SQuAD's questions
+    have several answers; other sets one)."""
+    split = config.dataset.eval_split if split is None else split
+    pairs = load_pairs(
+        config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
+    )
+    if config.dataset.max_eval_batches > 0:
+        batch_size = pipeline._global_batch(config, local_device_count)
+        pairs = pairs.take(config.dataset.max_eval_batches * batch_size)
+    return [
+        pair["references"].decode("utf-8").split(REFERENCE_SEPARATOR)
+        for pair in pairs.as_numpy_iterator()
+    ]
+
+
+def pair_texts(
+    config: ml_collections.ConfigDict, *, data_dir: str, max_texts: int | None = None
+) -> Iterator[str]:
+    """The train split's inputs (with prefix) and targets texts, alternating, to train a
+    tokenizer that covers both sides (both languages of a translation set); at most
+    `max_texts` texts."""
+    pairs = load_pairs(config, config.dataset.train_split, data_dir=data_dir)
+    count = 0
+    for pair in pairs.as_numpy_iterator():
+        for key in ("inputs", "targets"):
+            if max_texts is not None and count >= max_texts:
+                return
+            count += 1
+            yield pair[key].decode("utf-8")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -114,6 +114,16 @@ SIZES = {
         num_decoder_layers=2,
         num_heads=4,
     ),
+    # The en->es recipe's size (configs/t5_en_es.py): trains on 2 CPU cores in under an hour.
+    "mini": dict(
+        vocab_size=8000,
+        d_model=128,
+        d_kv=32,
+        d_ff=512,
+        num_layers=3,
+        num_decoder_layers=3,
+        num_heads=4,
+    ),
     "small": _size(6, 512, 8, 2048, v1_1=False),  # 60.5M
     "base": _size(12, 768, 12, 3072, v1_1=False),  # 223M
     "large": _size(24, 1024, 16, 4096, v1_1=False),  # 738M

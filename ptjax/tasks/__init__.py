@@ -15,7 +15,7 @@ from ptjax.tasks.causal_lm import CausalLM
 from ptjax.tasks.classification import Classification
 from ptjax.tasks.extractive_qa import ExtractiveQA
 from ptjax.tasks.masked_lm import MaskedLM
-from ptjax.tasks.seq2seq import Seq2SeqWithBleu, SpanCorruption
+from ptjax.tasks.seq2seq import Seq2SeqWithDecoding, SpanCorruption
 
 TASKS: dict[str, type] = {
     "causal_lm": CausalLM,
@@ -23,7 +23,7 @@ TASKS: dict[str, type] = {
     "classification": Classification,
     "extractive_qa": ExtractiveQA,
     "span_corruption": SpanCorruption,
-    "seq2seq": Seq2SeqWithBleu,
+    "seq2seq": Seq2SeqWithDecoding,
 }
 
 

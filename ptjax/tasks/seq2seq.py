@@ -5,8 +5,9 @@ Both train the decoder's next-token cross-entropy over real target tokens (packe
 kept apart by segment ids and per-example positions); they differ in their input pipelines
 (`ptjax.data.seq2seq_pipeline`). Eval reports loss, token accuracy and perplexity over the
 whole eval split; `seq2seq` also decodes every eval example greedily (the KV-cached loop of
-`ptjax.decoding`) and scores the texts with sacrebleu's corpus BLEU (its standard 13a
-tokenisation), summing BLEU's sufficient statistics across processes.
+`ptjax.decoding`; beam search with seq2seq.num_beams > 1) and scores the texts with the run's
+text metrics (`ptjax.evaluation.text_metrics`: sacrebleu's corpus BLEU, ROUGE, SQuAD EM/F1),
+summing their sufficient statistics across processes.
 """
 
 from __future__ import annotations
@@ -99,33 +100,84 @@ class Seq2Seq(SpanCorruption):
 
         return seq2seq_pipeline.seq2seq_eval_batches(config, tokenizer, **kwargs)
 
+    def tokenizer_texts(self, config, *, data_dir: str, max_texts: int) -> Any:
+        """A new run's tokenizer learns both sides of the pairs (both languages)."""
+        from ptjax.data import seq2seq_pipeline
 
-class Seq2SeqWithBleu(Seq2Seq):
-    """`seq2seq` with decoding: eval adds corpus BLEU of greedy outputs against the references."""
+        return seq2seq_pipeline.pair_texts(config, data_dir=data_dir, max_texts=max_texts)
+
+
+# Datasets scored with ROUGE when seq2seq.metrics is '' (SQuAD-style sets get EM/F1, others BLEU).
+SUMMARIZATION_DATASETS = ("cnn_dailymail", "xsum", "gigaword", "multi_news", "samsum", "billsum")
+
+
+def decoded_metrics(config) -> tuple[str, ...]:
+    """The text metrics (keys of text_metrics.METRICS) of config's seq2seq run: seq2seq.metrics,
+    comma-separated, or by dataset when it is '' (summarization: rouge; QA: squad; else bleu)."""
+    from ptjax import config as config_lib
+    from ptjax.data import corpora, seq2seq_pipeline
+    from ptjax.evaluation import text_metrics
+
+    chosen = seq2seq_pipeline.option(config, "metrics")
+    if not chosen:
+        if seq2seq_pipeline.is_qa(config):
+            return ("squad",)
+        if corpora.base_name(config.dataset.name) in SUMMARIZATION_DATASETS:
+            return ("rouge",)
+        return ("bleu",)
+    names = tuple(n.strip() for n in chosen.split(",") if n.strip())
+    unknown = [n for n in names if n not in text_metrics.METRICS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise config_lib.ConfigError(
+            f"Config key seq2seq.metrics={chosen!r}: give distinct names of "
+            f"{', '.join(text_metrics.METRICS)}, comma-separated ('' picks by dataset)."
+        )
+    return names
+
+
+class Seq2SeqWithDecoding(Seq2Seq):
+    """`seq2seq` with decoding: eval decodes every example of the split (greedy, or beam search
+    with seq2seq.num_beams > 1) and scores the texts against the references with the run's
+    text metrics (`decoded_metrics`: BLEU, ROUGE, SQuAD EM/F1), sums added across processes."""
 
     def __init__(self) -> None:
         self._decode_cache: dict[tuple, Any] = {}
+        self._metrics: tuple[str, ...] = ("bleu",)
+
+    def setup(self, config, *, data_dir: str) -> dict[str, Any]:
+        del data_dir
+        self._metrics = decoded_metrics(config)
+        return {}
 
     def metric_names(self) -> tuple[str, ...]:
-        return ("loss", "accuracy", "perplexity", "bleu")
+        from ptjax.evaluation import text_metrics
 
-    def _decoder(self, model: nn.Module, max_new_tokens: int, eos_id: int) -> Any:
+        names = [n for m in self._metrics for n in text_metrics.METRICS[m].names]
+        return ("loss", "accuracy", "perplexity", *names)
+
+    def _decoder(self, model: nn.Module, max_new_tokens: int, eos_id: int, beams: int) -> Any:
         """pmapped (params, batch) -> (loss sums, new tokens, lengths), compiled once."""
-        key = (id(model), max_new_tokens, eos_id)
+        key = (id(model), max_new_tokens, eos_id, beams)
         if key not in self._decode_cache:
-            from ptjax.decoding.search import DecodeConfig, sample
+            from ptjax.decoding.search import DecodeConfig, beam_search, sample
             from ptjax.models import t5
             from ptjax.train import parallel
 
-            cfg = DecodeConfig(max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=0)
+            cfg = DecodeConfig(
+                max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=0, num_beams=beams
+            )
             prefill, step = t5.decode_fns(model, max_new_tokens)
 
             def run(params, batch):
                 _, sums = _loss(model, params, batch, rng=None, train=False)
                 tokens = batch["encoder_input_tokens"]
                 mask = batch["encoder_segment_ids"] > 0
-                rng = jax.random.PRNGKey(0)
-                new, lengths = sample(prefill, step, params, tokens, mask, rng, cfg)
+                if beams > 1:
+                    new, lengths, _ = beam_search(prefill, step, params, tokens, mask, cfg)
+                else:
+                    new, lengths = sample(
+                        prefill, step, params, tokens, mask, jax.random.PRNGKey(0), cfg
+                    )
                 return jax.lax.psum(sums, parallel.AXIS), new, lengths
 
             self._decode_cache[key] = jax.pmap(run, axis_name=parallel.AXIS)
@@ -137,9 +189,9 @@ class Seq2SeqWithBleu(Seq2Seq):
     ) -> tuple[dict[str, float], dict[str, Any]]:  # fmt: skip
         import numpy as np
         from jax.experimental import multihost_utils
-        from sacrebleu.metrics import BLEU
 
         from ptjax.data import seq2seq_pipeline
+        from ptjax.evaluation import text_metrics
 
         kwargs = dict(
             data_dir=data_dir,
@@ -148,7 +200,8 @@ class Seq2SeqWithBleu(Seq2Seq):
             local_device_count=local_device_count,
         )
         _, targets_len = seq2seq_pipeline.seq2seq_lengths(config)
-        run = self._decoder(model, targets_len, tokenizer.eos_id)
+        beams = seq2seq_pipeline.option(config, "num_beams")
+        run = self._decoder(model, targets_len, tokenizer.eos_id, beams)
         total, rows = None, []
         for batch in seq2seq_pipeline.seq2seq_eval_batches(config, tokenizer, **kwargs):
             sums, new, lengths = run(params, batch)
@@ -157,23 +210,20 @@ class Seq2SeqWithBleu(Seq2Seq):
             rows += [r[:n].tolist() for r, n in zip(new.reshape(-1, new.shape[-1]),
                                                      lengths.reshape(-1), strict=True)]  # fmt: skip
         metrics = _summarize(jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(total)))
-        _, references = seq2seq_pipeline.seq2seq_eval_texts(config, **kwargs)
+        references = seq2seq_pipeline.seq2seq_eval_references(config, **kwargs)
         pieces = tokenizer.vocab_size  # Sentinel ids above the pieces decode to nothing.
         predictions = [
             tokenizer.decode([t for t in row if t < pieces and t != tokenizer.eos_id])
             for row in rows[: len(references)]
         ]
-        bleu = BLEU()
-        stats = np.zeros(2 + 2 * bleu.max_ngram_order, np.int64)
-        if references:
-            stats += np.asarray(
-                bleu._extract_corpus_statistics(predictions, [references]), np.int64
-            ).sum(axis=0)
-        if process_count > 1:
-            stats = np.sum(multihost_utils.process_allgather(stats), axis=0)
-        metrics["bleu"] = float(bleu._compute_score_from_stats(stats.tolist()).score)
+        for name in self._metrics:
+            metric = text_metrics.METRICS[name]
+            sums = metric.sums(predictions, references)
+            if process_count > 1:
+                sums = np.sum(multihost_utils.process_allgather(sums), axis=0)
+            metrics.update(metric.scores(sums))
         sample_pairs = [
-            {"prediction": p, "reference": r}
+            {"prediction": p, "references": r}
             for p, r in zip(predictions[:10], references[:10], strict=True)
         ]
         return metrics, {"samples": sample_pairs}

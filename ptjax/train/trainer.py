@@ -112,10 +112,11 @@ def source_tokenizer(init_checkpoint: str) -> str | None:
 
 
 def load_or_train_tokenizer(
-    config: ml_collections.ConfigDict, workdir: str, data_dir: str
+    config: ml_collections.ConfigDict, workdir: str, data_dir: str, task: Any = None
 ) -> Tokenizer:
     """The configured tokenizer, the one cached in the workdir, the init_checkpoint run's (copied
-    into the workdir), or a new one trained there."""
+    into the workdir), or a new one trained there on the task's texts (`task.tokenizer_texts`
+    where the task has it, e.g. both sides of text pairs; else the dataset's text_key)."""
     path = tokenizer_path(config, workdir)
     if config.tokenizer.path:
         try:
@@ -150,12 +151,16 @@ def load_or_train_tokenizer(
             path,
         )
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        texts = corpora.iterate_texts(
-            config.dataset,
-            config.dataset.train_split,
-            data_dir=data_dir,
-            max_texts=config.tokenizer.max_sentences,
-        )
+        texts_of = getattr(task, "tokenizer_texts", None)
+        if texts_of is not None:
+            texts = texts_of(config, data_dir=data_dir, max_texts=config.tokenizer.max_sentences)
+        else:
+            texts = corpora.iterate_texts(
+                config.dataset,
+                config.dataset.train_split,
+                data_dir=data_dir,
+                max_texts=config.tokenizer.max_sentences,
+            )
         train_tokenizer(
             texts,
             path,
@@ -360,7 +365,7 @@ def _train_and_evaluate(
     if not config.tokenizer.path and not os.path.exists(tokenizer_path(config, workdir)):
         _lock_workdir(workdir, cleanup)
         locked = True
-    tokenizer = load_or_train_tokenizer(config, workdir, data_dir)
+    tokenizer = load_or_train_tokenizer(config, workdir, data_dir, task)
     model, model_config = models.build(config, tokenizer.vocab_size, **head_kwargs)
     check_tokenizer_fits(config, tokenizer, model_config)
 
