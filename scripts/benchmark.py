@@ -1,7 +1,15 @@
-"""Times ptjax against Hugging Face GPT-2 in PyTorch, in turns, in one run.
+"""Times ptjax against Hugging Face Transformers in PyTorch, in turns, in one run.
 
     python scripts/benchmark.py --model=gpt     # train step: 'bench' GPT, 8 x 256 tokens, ~4 min
     python scripts/benchmark.py --model=gpt --what=generate   # 8 prompts x 32, 128 new, greedy
+    python scripts/benchmark.py --model=bert    # MLM train step vs BertForMaskedLM
+    python scripts/benchmark.py --model=t5 --seq_len=128      # vs T5ForConditionalGeneration
+    python scripts/benchmark.py --model=t5 --what=generate    # encoder-decoder greedy decoding
+
+T5 train steps take rows of --seq_len input and --seq_len target tokens (one example per row,
+no padding); their rates count target tokens, each carrying its share of the encoder, as
+`ptjax.models.t5.flops_per_token` does. T5 decoding encodes --prompt_len input tokens per row and
+decodes --max_new_tokens; its rate is new tokens/s.
 
 --what=train times the full train step (forward, backward, AdamW); --what=generate one greedy
 decode of --per_device_batch_size prompts of --prompt_len tokens with --max_new_tokens new ones,
@@ -35,8 +43,8 @@ from absl import app, flags
 
 from ptjax import runtime
 
-MODELS = ("gpt", "bert")  # 't5' joins with its model issue.
-DEFAULT_SIZES = {"gpt": "bench", "bert": "mini"}  # 4 layers x 256 wide each.
+MODELS = ("gpt", "bert", "t5")
+DEFAULT_SIZES = {"gpt": "bench", "bert": "mini", "t5": "bench"}  # 4 layers x 256 wide each.
 WHATS = ("train", "generate")
 
 FLAGS = flags.FLAGS
@@ -72,11 +80,10 @@ class Options:
         """Raises ValueError naming the flag that cannot work."""
         if self.model not in MODELS:
             raise ValueError(
-                f"--model={self.model!r} is not benchmarked yet; known: {', '.join(MODELS)} "
-                "('bert' and 't5' are added with their model issues)."
+                f"--model={self.model!r} is not benchmarked; known: {', '.join(MODELS)}."
             )
-        if self.what == "generate" and self.model != "gpt":
-            raise ValueError(f"--what=generate times GPT decoding; --model={self.model!r}.")
+        if self.what == "generate" and self.model == "bert":
+            raise ValueError("--what=generate times GPT or T5 decoding; BERT does not generate.")
         if self.what not in WHATS:
             raise ValueError(f"--what={self.what!r} is not benchmarked; known: {', '.join(WHATS)}.")
         for name in ("per_device_batch_size", "seq_len", "prompt_len", "max_new_tokens"):
@@ -153,6 +160,36 @@ def _synthetic_mlm_rows(opts: Options, rows: int, vocab_size: int, seed: int) ->
     )
 
 
+def _synthetic_seq2seq_rows(opts: Options, rows: int, vocab_size: int, seed: int) -> dict[str, Any]:
+    """T5 rows like the seq2seq pipeline's, one full-length example per row: inputs and targets
+    of seq_len tokens above pad 0 / eos 1, decoder inputs the targets shifted right."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shape = (rows, opts.seq_len)
+    inputs = rng.integers(2, vocab_size, shape, dtype=np.int32)
+    targets = rng.integers(2, vocab_size, shape, dtype=np.int32)
+    ones = np.ones(shape, np.int32)
+    positions = np.broadcast_to(np.arange(opts.seq_len, dtype=np.int32), shape).copy()
+    return dict(
+        encoder_input_tokens=inputs,
+        encoder_segment_ids=ones,
+        encoder_positions=positions,
+        decoder_input_tokens=np.concatenate([np.zeros((rows, 1), np.int32), targets[:, :-1]], 1),
+        decoder_target_tokens=targets,
+        decoder_segment_ids=ones,
+        decoder_positions=positions,
+        decoder_loss_weights=np.ones(shape, np.float32),
+    )
+
+
+SYNTHETIC_ROWS = {
+    "gpt": _synthetic_rows,
+    "bert": _synthetic_mlm_rows,
+    "t5": _synthetic_seq2seq_rows,
+}
+
+
 def _usage() -> tuple[float, float, int]:
     """(wall seconds, process CPU seconds, minor page faults so far)."""
     import resource
@@ -197,16 +234,19 @@ def _block(step: Callable[[int], None], finish: Callable[[], None], steps: int, 
 def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     """(config, model, model config, family, params, state rng) as trainer.init_state makes them."""
     import jax
-    import numpy as np
 
     from ptjax import config as config_lib
     from ptjax import config_presets, models
+    from ptjax.train import trainer
 
     size = opts.size or DEFAULT_SIZES[opts.model]
     if opts.model == "gpt":
         config = config_presets.gpt_config(size)
-    else:
+    elif opts.model == "bert":
         config = config_presets.bert_config(size)
+    else:
+        config = config_presets.t5_config(size, "seq2seq")
+        config.seq2seq.target_len = 0  # Targets of seq_len tokens too.
     config.seq_len = opts.seq_len
     config.per_device_batch_size = opts.per_device_batch_size
     config.seed = opts.seed
@@ -214,8 +254,7 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     model, model_config = models.build(config)
     family = models.MODELS[config.model.family]
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    dummy = np.zeros((1, config.seq_len), np.int32)
-    params = jax.jit(lambda r: model.init(r, dummy, dummy, dummy)["params"])(init_rng)
+    params = jax.jit(functools.partial(trainer.init_params, config, model))(init_rng)
     return config, model, model_config, family, params, state_rng
 
 
@@ -261,17 +300,17 @@ class _PtjaxSide:
         self.p_step = parallel.pmap_train_step(
             steps.train_step, model=model, task=task, tx=tx, schedule=schedule
         )
-        make_rows = _synthetic_rows if opts.model == "gpt" else _synthetic_mlm_rows
+        make_rows = SYNTHETIC_ROWS[opts.model]
         self.batches = []
         for k in range(4):
             rows_k = make_rows(opts, rows, model_config.vocab_size, opts.seed + k)
             shape = (self.devices, opts.per_device_batch_size, opts.seq_len)
             self.batches.append({key: v.reshape(shape) for key, v in rows_k.items()})
         self.history: list[Any] = []
-        if opts.model == "gpt":
-            flops = family.flops_per_token(model_config, opts.seq_len)
-        else:  # The model FLOPs MLM needs: the vocabulary projection at the masked positions.
+        if opts.model == "bert":  # MLM's model FLOPs: the vocabulary projection where masked.
             flops = family.flops_per_token(model_config, opts.seq_len, MLM_PREDICTED_FRACTION)
+        else:  # T5: per target token, inputs and targets of seq_len tokens.
+            flops = family.flops_per_token(model_config, opts.seq_len)
         self.info = {
             "name": f"ptjax {config.model.family}/{config.model.size}",
             "devices": self.devices,
@@ -479,7 +518,12 @@ def _prompts(opts: Options, rows: int, vocab_size: int, seed: int) -> Any:
 
 
 def _decode_flops_per_token(family: Any, model_config: Any, opts: Options) -> float:
-    """Forward FLOPs per new token: a third of the train step's at the mean context length."""
+    """Forward FLOPs per new token: a third of the train step's at the mean context length (T5:
+    per target token of an example with prompt_len inputs and max_new_tokens targets)."""
+    if opts.model == "t5":
+        from ptjax.models import t5
+
+        return t5.flops_per_token(model_config, opts.prompt_len, opts.max_new_tokens) / 3
     return family.flops_per_token(model_config, opts.prompt_len + opts.max_new_tokens // 2) / 3
 
 
@@ -591,12 +635,126 @@ class _HFGenerateSide:
     matmul_flops = _HFSide.matmul_flops
 
 
+def _hf_t5_config(cfg: dict[str, Any], attention: str) -> Any:
+    """transformers' T5Config of ptjax's T5 hyper-parameters (`cfg`, as a dict)."""
+    import transformers
+
+    return transformers.T5Config(
+        vocab_size=cfg["vocab_size"],
+        d_model=cfg["d_model"],
+        d_kv=cfg["d_kv"],
+        d_ff=cfg["d_ff"],
+        num_layers=cfg["num_layers"],
+        num_decoder_layers=cfg["num_decoder_layers"],
+        num_heads=cfg["num_heads"],
+        relative_attention_num_buckets=cfg["relative_attention_num_buckets"],
+        relative_attention_max_distance=cfg["relative_attention_max_distance"],
+        dropout_rate=cfg["dropout_rate"],
+        layer_norm_epsilon=cfg["layer_norm_eps"],
+        feed_forward_proj=cfg["feed_forward"],
+        tie_word_embeddings=cfg["tie_word_embeddings"],
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        attn_implementation=attention,
+    )
+
+
+class _HFT5Side:
+    """transformers' T5ForConditionalGeneration of the same shape, torch.optim.AdamW, dropout on."""
+
+    def __init__(self, opts: Options, threads: int, setup: dict[str, Any]):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(opts.seed)
+        cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
+        self.model = transformers.T5ForConditionalGeneration(_hf_t5_config(cfg, opts.hf_attention))
+        self.model.train()
+        self.optimizer = _torch_adamw(self.model, opt, lambda name: "shared" in name)
+        self.clip = opt["grad_clip_norm"]
+        self.torch = torch
+        self.batches = []
+        for k in range(4):
+            rows_k = _synthetic_seq2seq_rows(opts, setup["rows"], cfg["vocab_size"], opts.seed + k)
+            self.batches.append(
+                {
+                    "input_ids": torch.from_numpy(rows_k["encoder_input_tokens"].astype("int64")),
+                    "attention_mask": torch.ones(rows_k["encoder_input_tokens"].shape, dtype=int),
+                    "labels": torch.from_numpy(rows_k["decoder_target_tokens"].astype("int64")),
+                }
+            )
+        self.info = {
+            "name": f"HF T5ForConditionalGen. ({opts.hf_attention})",
+            "rows": setup["rows"],
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    step = _HFBertSide.step
+    finish = _HFSide.finish
+    matmul_flops = _HFSide.matmul_flops
+
+
+class _HFT5GenerateSide(_HFGenerateSide):
+    """`T5ForConditionalGeneration.generate`: greedy, use_cache=True, the same shape."""
+
+    def __init__(self, opts: Options, threads: int, setup: dict[str, Any]):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(opts.seed)
+        cfg = setup["model_config"]
+        config = _hf_t5_config(cfg, opts.hf_attention)
+        self.model = transformers.T5ForConditionalGeneration(config).eval()
+        self.generation = transformers.GenerationConfig(
+            max_new_tokens=opts.max_new_tokens,
+            min_new_tokens=opts.max_new_tokens,  # As ptjax's side: no early stop on EOS.
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            decoder_start_token_id=0,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id,
+        )
+        self.torch = torch
+        self.prompts = [
+            torch.from_numpy(_prompts(opts, setup["rows"], cfg["vocab_size"], opts.seed + k))
+            for k in range(4)
+        ]
+        self.mask = torch.ones_like(self.prompts[0])
+        self.max_new_tokens = opts.max_new_tokens
+        self.info = {
+            "name": f"HF T5 generate ({opts.hf_attention})",
+            "rows": setup["rows"],
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def step(self, i: int) -> None:
+        prompt = self.prompts[i % len(self.prompts)]
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                input_ids=prompt, attention_mask=self.mask, generation_config=self.generation
+            )
+        # The output starts with the decoder start token, then the new tokens.
+        self.new_tokens = (out.shape[1] - 1) * out.shape[0]
+
+
 SIDES = {
     ("train", "ptjax"): _PtjaxSide,
     ("train", "hf"): _HFSide,
     ("train", "hf-bert"): _HFBertSide,
+    ("train", "hf-t5"): _HFT5Side,
     ("generate", "ptjax"): _PtjaxGenerateSide,
     ("generate", "hf"): _HFGenerateSide,
+    ("generate", "hf-t5"): _HFT5GenerateSide,
 }
 
 
@@ -612,7 +770,9 @@ def _serve(side_name: str, opts: Options) -> None:
 
     cpus = _pin_threads(opts.threads)
     try:
-        baseline = "hf-bert" if side_name == "hf" and opts.model == "bert" else side_name
+        baseline = side_name
+        if side_name == "hf" and opts.model != "gpt":
+            baseline = f"hf-{opts.model}"
         side_class = SIDES[(opts.what, baseline)]
         if side_name == "ptjax":
             side = side_class(opts)
@@ -893,7 +1053,10 @@ def format_table(result: dict[str, Any]) -> str:
 def define_flags() -> None:
     """The command line; defined only when run as a script, so that tests can import it."""
     flags.DEFINE_enum(
-        "model", "gpt", list(MODELS), "gpt: vs GPT2LMHeadModel; bert (MLM): vs BertForMaskedLM."
+        "model",
+        "gpt",
+        list(MODELS),
+        "gpt: vs GPT2LMHeadModel; bert (MLM): BertForMaskedLM; t5: T5ForConditionalGeneration.",
     )
     flags.DEFINE_enum(
         "what",
@@ -914,7 +1077,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("rounds", 6, "Blocks per side; the sides take turns.")
     flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after the first (compiling) one.")
     flags.DEFINE_integer("threads", 0, "CPUs for each side (0: all this process may use).")
-    flags.DEFINE_enum("baseline", "hf", ["hf", "none"], "hf: transformers' GPT2LMHeadModel.")
+    flags.DEFINE_enum(
+        "baseline", "hf", ["hf", "none"], "hf: transformers' model of the same shape."
+    )
     flags.DEFINE_enum("hf_attention", "eager", ["eager", "sdpa"], "The baseline's attention.")
     flags.DEFINE_enum("env_tuning", "both", ["both", "on", "off"], "Process environment(s) to run.")
     flags.DEFINE_integer("seed", 0, "Seed of parameters, batches and dropout.")

@@ -61,8 +61,8 @@ def test_tiny_run_against_the_baseline_reports_the_json_keys():
 
 def test_unknown_model_and_what_are_refused_by_name():
     bench = _script()
-    with pytest.raises(ValueError, match="--model='t5'"):
-        bench.Options(model="t5").check()
+    with pytest.raises(ValueError, match="--model='xlnet'"):
+        bench.Options(model="xlnet").check()
     with pytest.raises(ValueError, match="--what=generate"):
         bench.Options(model="bert", what="generate").check()
     with pytest.raises(ValueError, match="--what='score'"):
@@ -136,3 +136,35 @@ def test_bert_mlm_against_bert_for_masked_lm():
     for entry in side.values():
         if isinstance(entry, dict):
             assert 0 < entry["last_loss"] < 20  # Both sides train on the same MLM batches.
+
+
+@pytest.mark.parametrize("what", ["train", "generate"])
+def test_t5_against_t5_for_conditional_generation(what):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    bench = _script()
+    opts = bench.Options(
+        model="t5",
+        what=what,
+        size="tiny",
+        seq_len=16,
+        per_device_batch_size=2,
+        prompt_len=8,
+        max_new_tokens=4,
+        steps=1,
+        rounds=2,
+        warmup_steps=0,
+        env_tuning="off",
+    )
+    result = bench.run_benchmark(opts, log=lambda line: None)
+    json.loads(json.dumps(result))
+    side = result["settings"]["off"]
+    assert side["ptjax"]["parameters"] == side["hf"]["parameters"]  # The same T5 1.0 shape.
+    assert side["hf"]["name"].startswith("HF T5") and result["speedup"] > 0
+    if what == "train":
+        assert result["tokens_per_step"] == result["devices"] * 2 * 16  # Target tokens.
+        for entry in side.values():
+            if isinstance(entry, dict):
+                assert 0 < entry["last_loss"] < 20  # Both sides train on the same batches.
+    else:
+        assert result["tokens_per_step"] == 2 * 4  # New tokens, every row decoded in full.

@@ -124,6 +124,16 @@ SIZES = {
         num_decoder_layers=3,
         num_heads=4,
     ),
+    # scripts/benchmark.py's size: 4 + 4 layers x 256 wide, as GPT's and BERT's there.
+    "bench": dict(
+        vocab_size=32000,
+        d_model=256,
+        d_kv=64,
+        d_ff=1024,
+        num_layers=4,
+        num_decoder_layers=4,
+        num_heads=4,
+    ),
     "small": _size(6, 512, 8, 2048, v1_1=False),  # 60.5M
     "base": _size(12, 768, 12, 3072, v1_1=False),  # 223M
     "large": _size(24, 1024, 16, 4096, v1_1=False),  # 738M
