@@ -21,7 +21,7 @@ import numpy as np
 
 from ptjax import models
 from ptjax.config import load_run_config
-from ptjax.data.tokenizer import Tokenizer, check_vocab
+from ptjax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from ptjax.train import trainer
 from ptjax.train.checkpoint import restore_params
 from ptjax.train.evaluator import resolve_checkpoint
@@ -41,7 +41,7 @@ class QuestionAnswerer:
         config = load_run_config(workdir)
         if config.task != "extractive_qa":
             raise ValueError(f"{workdir!r} holds a {config.task!r} run, not an extractive_qa one.")
-        tokenizer = Tokenizer(trainer.tokenizer_path(config, workdir))
+        tokenizer = load_tokenizer(trainer.tokenizer_path(config, workdir))
         model, _ = models.build(config, tokenizer.vocab_size)
         abstract = jax.eval_shape(
             functools.partial(trainer.init_params, config, model), jax.random.PRNGKey(0)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ptjax import models
 from ptjax.config import load_run_config
-from ptjax.data.tokenizer import Tokenizer, check_vocab
+from ptjax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from ptjax.train import trainer
 from ptjax.train.checkpoint import restore_params
 from ptjax.train.evaluator import resolve_checkpoint
@@ -56,7 +56,7 @@ class TextClassifier:
         from ptjax.data import encoder_pipeline
 
         label_names = encoder_pipeline.label_names(config, trainer.default_data_dir(config))
-        tokenizer = Tokenizer(trainer.tokenizer_path(config, workdir))
+        tokenizer = load_tokenizer(trainer.tokenizer_path(config, workdir))
         model, _ = models.build(config, tokenizer.vocab_size, num_labels=len(label_names))
         abstract = jax.eval_shape(
             functools.partial(trainer.init_params, config, model), jax.random.PRNGKey(0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ptjax import models
+from ptjax.interop import hf_bert
 from ptjax.models import bert
 
 VOCAB, MAX_LEN = 99, 40
@@ -92,7 +93,7 @@ def test_parity_with_hugging_face_encoder_and_mlm_head():
     torch, transformers = _hf()
     cfg = _tiny()
     hf = _perturbed(torch, transformers.BertForPreTraining(_hf_config(transformers, cfg)))
-    params = jax.tree.map(jnp.asarray, bert.params_from_hf(hf.state_dict(), cfg))
+    params = jax.tree.map(jnp.asarray, hf_bert.params_from_hf(hf.state_dict(), cfg))
     ids, types, mask = _batch()
     with torch.no_grad():
         t_ids, t_types, t_mask = _torch_inputs(torch, ids, types, mask)
@@ -131,7 +132,7 @@ def test_parity_with_hugging_face_classification_and_span_heads():
         hf_class = classifier(**t_inputs).logits.numpy()
         hf_qa = qa(**t_inputs)
 
-    params = bert.params_from_hf(classifier.state_dict(), cfg)
+    params = hf_bert.params_from_hf(classifier.state_dict(), cfg)
     logits = bert.BertForClassification(cfg, num_labels=3).apply(
         {"params": params}, ids, types, mask
     )
@@ -139,7 +140,7 @@ def test_parity_with_hugging_face_classification_and_span_heads():
 
     model = bert.BertForQuestionAnswering(cfg)
     init = model.init(jax.random.PRNGKey(0), ids)["params"]
-    params = bert.params_from_hf(qa.state_dict(), cfg)  # HF's QA model has no pooler.
+    params = hf_bert.params_from_hf(qa.state_dict(), cfg)  # HF's QA model has no pooler.
     assert "pooler" not in params["bert"]
     params["bert"]["pooler"] = init["bert"]["pooler"]
     start, end = model.apply({"params": params}, ids, types, mask)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ptjax.decoding import DecodeConfig, beam_search, sample
+from ptjax.interop import hf_t5
 from ptjax.models import t5
 
 VOCAB = 101
@@ -92,7 +93,7 @@ def _hf_model(cfg: t5.T5Config, seed: int = 0, noise: float = 0.05):
         for name, p in hf.named_parameters():
             embedding = name.startswith(("shared", "lm_head"))
             p.add_((0.05 if embedding else noise) * torch.randn_like(p))
-    params = jax.tree.map(jnp.asarray, t5.params_from_hf(hf.state_dict(), cfg))
+    params = jax.tree.map(jnp.asarray, hf_t5.params_from_hf(hf.state_dict(), cfg))
     return hf.eval(), params
 
 
@@ -346,20 +347,20 @@ def test_params_from_hf_names_what_is_wrong():
     hf = transformers.T5ForConditionalGeneration(_hf_config(transformers, cfg))
     _untie(torch, hf, cfg)
     sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    t5.params_from_hf(sd, cfg)  # Complete: converts.
+    hf_t5.params_from_hf(sd, cfg)  # Complete: converts.
     name = "decoder.block.1.layer.2.DenseReluDense.wi_1.weight"
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
-        t5.params_from_hf({k: v for k, v in sd.items() if k != name}, cfg)
+        hf_t5.params_from_hf({k: v for k, v in sd.items() if k != name}, cfg)
     with pytest.raises(ValueError, match="has shape"):
-        t5.params_from_hf({**sd, name: sd[name][:, :-1]}, cfg)
-    with pytest.raises(ValueError, match="does not use.*decoder.block.2"):
-        t5.params_from_hf({**sd, "decoder.block.2.layer.0.layer_norm.weight": sd[name][0]}, cfg)
+        hf_t5.params_from_hf({**sd, name: sd[name][:, :-1]}, cfg)
+    with pytest.raises(ValueError, match="unexpected.*decoder.block.2"):
+        hf_t5.params_from_hf({**sd, "decoder.block.2.layer.0.layer_norm.weight": sd[name][0]}, cfg)
     with pytest.raises(ValueError, match="lm_head.weight"):
-        t5.params_from_hf({k: v for k, v in sd.items() if k != "lm_head.weight"}, cfg)
+        hf_t5.params_from_hf({k: v for k, v in sd.items() if k != "lm_head.weight"}, cfg)
     with pytest.raises(ValueError, match="wi_0"):  # A v1.0 (relu) state dict for a v1.1 config.
         relu = _tiny("v1_0", num_decoder_layers=2)
         hf_relu = transformers.T5ForConditionalGeneration(_hf_config(transformers, relu))
-        t5.params_from_hf(hf_relu.state_dict(), cfg)
+        hf_t5.params_from_hf(hf_relu.state_dict(), cfg)
 
 
 def test_flops_per_token_counts_every_matmul_parameter():

@@ -33,7 +33,7 @@ import numpy as np
 from ptjax import config as config_lib
 from ptjax.data import corpora, mlm, pipeline
 from ptjax.data.tf_setup import import_tf
-from ptjax.data.tokenizer import Tokenizer
+from ptjax.data.tokenizer import Tokenizer, load_tokenizer
 
 tf = import_tf()
 
@@ -282,7 +282,7 @@ def _mlm_eval_rows_per_process(
 ) -> tuple[int, ...]:
     """MLM eval rows of each process's shard (counted up to max_rows; 0 = no cap)."""
     dataset = ml_collections.ConfigDict(dict(dataset_items))
-    tokenizer = Tokenizer(tokenizer_key[0])
+    tokenizer = load_tokenizer(tokenizer_key[0])
     special = mlm.bert_special_ids(tokenizer)
     counts = []
     for process_index in range(process_count):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ptjax.data import corpora, objectives
 from ptjax.data.tf_setup import import_tf
-from ptjax.data.tokenizer import Tokenizer
+from ptjax.data.tokenizer import Tokenizer, load_tokenizer
 
 tf = import_tf()
 
@@ -202,7 +202,7 @@ def _eval_rows_per_process(
 ) -> tuple[int, ...]:
     """Packed eval rows of each process's shard (counted up to max_rows; 0 = no cap)."""
     dataset = ml_collections.ConfigDict(dict(dataset_items))
-    tokenizer = Tokenizer(tokenizer_key[0])
+    tokenizer = load_tokenizer(tokenizer_key[0])
     counts = []
     for process_index in range(process_count):
         texts = corpora.load_texts(

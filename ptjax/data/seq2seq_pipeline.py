@@ -52,7 +52,7 @@ from ptjax import config as config_lib
 from ptjax.data import corpora, pipeline
 from ptjax.data import span_corruption as sc
 from ptjax.data.tf_setup import import_tf
-from ptjax.data.tokenizer import Tokenizer
+from ptjax.data.tokenizer import Tokenizer, load_tokenizer
 
 tf = import_tf()
 
@@ -765,7 +765,7 @@ def _span_eval_rows_per_process(
 ) -> tuple[int, ...]:
     """Span-corruption eval rows (chunks) of each process's shard."""
     dataset = ml_collections.ConfigDict(dict(dataset_items))
-    tokenizer = Tokenizer(tokenizer_key[0])
+    tokenizer = load_tokenizer(tokenizer_key[0])
     counts = []
     for process_index in range(process_count):
         texts = corpora.load_texts(

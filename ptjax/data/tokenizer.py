@@ -1,7 +1,11 @@
 """SentencePiece tokenizer: loading, encoding, and training one from in-memory texts.
 
-Every ptjax tokenizer has the same special ids (pad=0, eos=1, unk=2, bos=3) and byte fallback, so
-any text round-trips and model code can rely on the ids without reading the model file.
+Every tokenizer ptjax trains has the same special ids (pad=0, eos=1, unk=2, bos=3) and byte
+fallback, so any text round-trips. T5's published `spiece.model` (pad 0, eos 1, unk 2, no bos)
+loads too. A run's tokenizer is either a sentencepiece model (`tokenizer/spm.model`) or a
+Hugging Face tokenizer imported by `ptjax.interop` (`tokenizer/tokenizer.json`);
+`load_tokenizer` and `tokenizer_file` pick by the files, and code reads the special ids from the
+tokenizer object.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class Tokenizer:
                 f"Tokenizer model file {self._path!r} is not a valid SentencePiece model: {e}"
             ) from e
         got = (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id(), self._sp.bos_id())
-        if got != (PAD_ID, EOS_ID, UNK_ID, BOS_ID):
+        if got[:3] != (PAD_ID, EOS_ID, UNK_ID) or got[3] not in (BOS_ID, -1):  # -1: T5's.
             raise ValueError(
                 f"Tokenizer model file {self._path!r} has special ids (pad, eos, unk, bos)={got}; "
                 f"ptjax expects {(PAD_ID, EOS_ID, UNK_ID, BOS_ID)}. Train it with "
@@ -85,7 +89,7 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int:
-        return BOS_ID
+        return self._sp.bos_id()  # BOS_ID, or -1 for T5's spiece.model (no bos).
 
     def piece_to_id(self, piece: str) -> int:
         """Id of a vocabulary piece (e.g. '[MASK]'); unknown pieces give UNK_ID."""
@@ -151,6 +155,29 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(path={self._path!r}, vocab_size={self.vocab_size})"
+
+
+SPM_FILE = "spm.model"
+HF_FILE = "tokenizer.json"
+
+
+def tokenizer_file(directory: str) -> str:
+    """The tokenizer a run directory's `tokenizer/` holds: spm.model (sentencepiece), else
+    tokenizer.json (a Hugging Face import); spm.model when it holds neither yet."""
+    spm_path = os.path.join(directory, SPM_FILE)
+    hf_path = os.path.join(directory, HF_FILE)
+    if not os.path.exists(spm_path) and os.path.exists(hf_path):
+        return hf_path
+    return spm_path
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """The tokenizer at `path`: a Hugging Face tokenizer.json, else a sentencepiece model."""
+    if os.fspath(path).endswith(".json"):
+        from ptjax.interop.hf_tokenizers import HFTokenizer
+
+        return HFTokenizer(path)  # Same interface as Tokenizer.
+    return Tokenizer(path)
 
 
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:

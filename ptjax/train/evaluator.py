@@ -20,7 +20,7 @@ from etils import epath
 
 from ptjax import models, tasks
 from ptjax.config import load_run_config
-from ptjax.data.tokenizer import Tokenizer
+from ptjax.data.tokenizer import load_tokenizer
 from ptjax.train import parallel, steps, trainer
 from ptjax.train.checkpoint import restore_params
 
@@ -70,7 +70,7 @@ def evaluate_checkpoint(
     config.dataset.max_eval_batches = 0  # The whole split.
     data_dir = trainer.default_data_dir(config)
     task, head_kwargs = tasks.create(config, data_dir=data_dir)
-    tokenizer = Tokenizer(trainer.tokenizer_path(config, workdir))
+    tokenizer = load_tokenizer(trainer.tokenizer_path(config, workdir))
     model, model_config = models.build(config, tokenizer.vocab_size, **head_kwargs)
     trainer.check_tokenizer_fits(config, tokenizer, model_config)
     path, step = resolve_checkpoint(workdir, checkpoint)

@@ -1,0 +1,365 @@
+"""Hugging Face model directories <-> ptjax run directories.
+
+    from ptjax.interop import export_hf, import_hf
+    import_hf("downloads/bert-base-uncased", "runs/bert_base_hf")   # then init_checkpoint=...
+    export_hf("runs/spam", "exports/spam")                           # then from_pretrained(...)
+
+Import: config.json gives the family's model config, which must be one of the family's named
+sizes up to what a run config can override (vocabulary, positions, segment table, dropout, and
+the shape keys of `ptjax.models.SHAPE_KEYS`: the nearest size with those overrides);
+the weights give the parameters (every tensor accounted for, see `tensor_map`); the tokenizer
+files are copied into WORKDIR/tokenizer (spiece.model as spm.model; a tokenizer.json is built
+from vocab.txt or vocab.json + merges.txt when the directory has none). The run config is the
+family's fine-tuning preset for the task the HF architecture implies, with the model's sizes.
+Written: config.json (as `trainer.save_config` writes it), config.hf.json (the source's
+config.json, which an export carries over), tokenizer/, and checkpoints/0/state holding
+{'params': ...}: the layout of a training checkpoint's state item, which `init_checkpoint`,
+`scripts/evaluate.py` and `scripts/generate.py` read. It is not a resumable training state:
+train from it with `--config.init_checkpoint=WORKDIR` into a new workdir.
+
+Export: a workdir's latest checkpoint (or a given step directory) to config.json,
+model.safetensors and the tokenizer files, for `from_pretrained`. Neither direction writes into
+a non-empty directory; both build in a temporary sibling and rename it into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ptjax import config_presets, models
+from ptjax.config import load_run_config, validate
+from ptjax.data import tokenizer as tokenizer_lib
+from ptjax.interop import hf_bert, hf_gpt2, hf_t5, hf_tokenizers, hf_weights
+from ptjax.interop.tensor_map import ConversionError
+
+# Hugging Face model_type -> its mapping module; ptjax family -> the same modules.
+KINDS: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (hf_bert, hf_gpt2, hf_t5)}
+BY_FAMILY: dict[str, ModuleType] = {m.FAMILY: m for m in (hf_bert, hf_gpt2, hf_t5)}
+HF_CONFIG_COPY = "config.hf.json"  # The source's config.json, kept in the workdir.
+# Keys of a source config.json that an export regenerates rather than carries over.
+_REGENERATED = ("architectures", "scale_decoder_outputs", "transformers_version", "dtype")
+_T5_TOKENIZER = {
+    "tokenizer_class": "T5Tokenizer",
+    "extra_ids": 100,
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+}
+
+
+@dataclasses.dataclass
+class HFModel:
+    """A Hugging Face checkpoint as ptjax sees it."""
+
+    family: str  # ptjax model family (a key of ptjax.models.MODELS).
+    task: str  # ptjax task whose head the checkpoint holds.
+    architecture: str  # The HF class it came from.
+    model_config: Any  # The family's config dataclass.
+    params: dict[str, Any]  # float32 numpy, nested dicts.
+    head_kwargs: dict[str, Any]  # e.g. {'num_labels': 3}.
+    hf_config: dict[str, Any]
+    notes: list[str]  # What the import did besides one-to-one copies.
+
+    def module(self) -> Any:
+        """The linen module that takes these params."""
+        family = models.MODELS[self.family]
+        return family.module_for(self.task)(self.model_config, **self.head_kwargs)
+
+
+def load_hf(hf_dir: str) -> HFModel:
+    """Reads an HF model directory's config.json and weights into ptjax terms (no tokenizer)."""
+    hf = hf_weights.read_config(hf_dir)
+    kind = KINDS.get(hf.get("model_type"))
+    if kind is None:
+        raise ConversionError(
+            f"{hf_dir}/config.json model_type={hf.get('model_type')!r}: ptjax converts "
+            f"{sorted(KINDS)}."
+        )
+    arch = kind.architecture(hf)
+    task, head = kind.ARCHITECTURES[arch]
+    cfg = kind.model_config(hf)
+    state = hf_weights.read_state_dict(hf_dir)
+    notes: list[str] = []
+    head_kwargs: dict[str, Any] = {}
+    if kind is hf_bert:
+        labels = hf_bert.num_labels(hf) if task == "classification" else 0
+        if labels:
+            head_kwargs["num_labels"] = labels
+        params, report = hf_bert.params_and_report(
+            state, cfg, labels=labels, required=(head,) if head else ()
+        )
+        extra = [h for h in hf_bert.heads(params) if h != (head or "mlm")]
+        if extra:
+            raise ConversionError(
+                f"{hf_dir}: a {arch} checkpoint with the weights of other heads {extra}."
+            )
+        if "pooler" not in params["bert"]:
+            params["bert"]["pooler"] = hf_bert.fresh_pooler(cfg)
+            notes.append(f"bert/pooler: initialised afresh ({arch} has none; unused by {task})")
+    elif kind is hf_t5:
+        # transformers 5 ties an unscaled (1.1) lm_head to `shared` and then saves only that.
+        tied_in_file = hf.get("tie_word_embeddings", True) is not False and "shared.weight" in state
+        if not cfg.tie_word_embeddings and "lm_head.weight" not in state and tied_in_file:
+            state = {**state, "lm_head.weight": state["shared.weight"]}
+            notes.append("lm_head: a copy of shared.weight (tied in the checkpoint)")
+        params, report = hf_t5.params_and_report(state, cfg)
+    else:
+        params, report = kind.params_and_report(state, cfg)
+    notes += [f"dropped: {name}" for name in report.ignored]
+    notes += [f"tied copy checked: {tie}" for tie in report.ties]
+    family = kind.FAMILY
+    return HFModel(family, task, arch, cfg, params, head_kwargs, hf, notes)
+
+
+def _preset(family: str, task: str, size: str) -> ml_collections.ConfigDict:
+    if family == "gpt":
+        return config_presets.gpt_config(size)
+    if family == "t5":
+        return config_presets.t5_config(size, task="seq2seq")
+    if task == "classification":
+        return config_presets.bert_classification_config(size)
+    if task == "extractive_qa":
+        return config_presets.bert_qa_config(size)
+    return config_presets.bert_config(size)
+
+
+def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDict:
+    """The run config of an imported model: its family's preset for its task at the named size
+    whose hyper-parameters (with the run config's overrides) equal the checkpoint's."""
+    family = models.MODELS[model.family]
+    cfg = model.model_config
+    want = dataclasses.asdict(cfg)
+    near: list[tuple[int, str, list[str]]] = []
+    for size in family.sizes:
+        c = _preset(model.family, model.task, size)
+        c.model.vocab_size = cfg.vocab_size
+        c.model.max_len = cfg.max_len
+        c.model.dropout_rate = cfg.dropout_rate
+        c.seq_len = min(c.seq_len, cfg.max_len)
+        if model.family == "bert":
+            c.model.type_vocab_size = cfg.type_vocab_size
+            c.model.num_labels = model.head_kwargs.get("num_labels", 0)
+        if model.family == "t5":
+            c.seq2seq.extra_ids = cfg.vocab_size - tokenizer_vocab  # Sentinels above the pieces.
+        got = dataclasses.asdict(family.make_config(c))
+        differing = [k for k in want if got[k] != want[k]]
+        if not differing:
+            validate(c)
+            return c
+        other = [k for k in differing if k not in models.SHAPE_KEYS]
+        diffs = [f"{k}={want[k]} (size {size!r}: {got[k]})" for k in differing]
+        near.append((len(other), len(differing), size, diffs, c, differing))
+    # No named size has the checkpoint's shape: the nearest one that differs only in shape
+    # keys, with the run config's model.<shape key> overrides (a 6 x 384 MiniLM as bert/small).
+    other_count, _, size, diffs, c, differing = min(near, key=lambda n: n[:3])
+    if other_count == 0:
+        for key in differing:
+            c.model[key] = want[key]
+        if dataclasses.asdict(family.make_config(c)) == want:
+            validate(c)
+            return c
+    raise ConversionError(
+        f"The checkpoint's {type(cfg).__name__} matches none of ptjax's {model.family} sizes "
+        f"({', '.join(family.sizes)}), and a run config can only override vocab_size, max_len, "
+        f"dropout_rate{', type_vocab_size' if model.family == 'bert' else ''} and the shape "
+        f"({', '.join(models.SHAPE_KEYS)}). Nearest: {size!r}, which differs in "
+        f"{'; '.join(diffs)}. Use ptjax.interop.load_hf to run it from Python."
+    )
+
+
+def _check_empty(path: str, what: str) -> None:
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise FileExistsError(
+            f"{what} {path!r} already exists and is not an empty directory; ptjax never "
+            "writes into one (choose a new directory)."
+        )
+
+
+def _build_in_sibling(path: str, what: str, build: Any) -> None:
+    """Runs build(tmp) in a temporary sibling of `path`, then renames it to `path`."""
+    _check_empty(path, what)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", dir=parent)
+    try:
+        build(tmp)
+        _check_empty(path, what)
+        if os.path.isdir(path):
+            os.rmdir(path)  # Empty (checked): replaced by the finished directory.
+        os.rename(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+
+
+def _import_tokenizer(hf_dir: str, target: str, family: str) -> str:
+    """Copies the HF tokenizer into `target`; returns the path `load_tokenizer` takes."""
+    os.makedirs(target)
+    copied = hf_tokenizers.copy_files(hf_dir, target)
+    spiece = os.path.join(target, hf_tokenizers.SPIECE)
+    if family == "t5" and hf_tokenizers.SPIECE in copied:
+        os.replace(spiece, os.path.join(target, tokenizer_lib.SPM_FILE))
+        if hf_tokenizers.TOKENIZER_CONFIG not in copied:  # Record what HF assumes: 100 sentinels.
+            _write_json(
+                os.path.join(target, hf_tokenizers.TOKENIZER_CONFIG), _T5_TOKENIZER, indent=2
+            )
+        return os.path.join(target, tokenizer_lib.SPM_FILE)
+    if os.path.exists(spiece):
+        os.remove(spiece)  # Only T5 reads a sentencepiece model here.
+    path = os.path.join(target, hf_tokenizers.TOKENIZER_JSON)
+    if not os.path.exists(path):
+        hf_tokenizers.build(hf_dir).save(path)
+    return path
+
+
+def _save_params(workdir: str, params: dict[str, Any]) -> None:
+    """checkpoints/0/state = {'params': params}, as a training checkpoint's state item."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    manager = ocp.CheckpointManager(
+        epath.Path(workdir) / "checkpoints",
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+    )
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _write_json(path: str, data: dict[str, Any], **kwargs: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, **kwargs))
+
+
+def import_hf(hf_dir: str, out_workdir: str) -> HFModel:
+    """Converts an HF model directory into a new ptjax workdir (see the module docstring)."""
+    _check_empty(out_workdir, "Output workdir")
+    model = load_hf(hf_dir)
+    run_config(model, model.model_config.vocab_size)  # A size fits, before any tokenizer work.
+
+    def build(tmp: str) -> None:
+        path = _import_tokenizer(hf_dir, os.path.join(tmp, "tokenizer"), model.family)
+        tokenizer = tokenizer_lib.load_tokenizer(path)
+        config = run_config(model, tokenizer.vocab_size)
+        extra = models.MODELS[model.family].extra_vocab(config)
+        try:
+            tokenizer_lib.check_vocab(tokenizer, model.model_config.vocab_size - extra)
+        except ValueError as e:
+            raise ConversionError(f"{hf_dir}: the tokenizer does not fit the model: {e}") from None
+        # As trainer.save_config writes it (that module pulls in TensorFlow).
+        _write_json(os.path.join(tmp, "config.json"), config.to_dict(), indent=2, sort_keys=True)
+        _write_json(os.path.join(tmp, HF_CONFIG_COPY), model.hf_config, indent=2)
+        _save_params(tmp, model.params)
+
+    _build_in_sibling(out_workdir, "Output workdir", build)
+    for note in model.notes:
+        logging.info("import %s: %s", hf_dir, note)
+    return model
+
+
+def _locate(source: str) -> tuple[str, str]:
+    """(workdir, checkpoint step directory) of a workdir (its latest checkpoint) or a step
+    directory inside one (checkpoints/<step>, best/<step>)."""
+    source = os.path.abspath(source)
+    workdir = source
+    for _ in range(3):
+        if os.path.exists(os.path.join(workdir, "config.json")):
+            break
+        workdir = os.path.dirname(workdir)
+    else:
+        raise FileNotFoundError(f"{source!r} is not a ptjax workdir or a checkpoint inside one.")
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        if "model_type" in json.load(f):
+            raise ValueError(
+                f"{workdir!r} is a Hugging Face model directory, not a ptjax workdir; import it "
+                "(hf_dir) instead of exporting it."
+            )
+    if os.path.isdir(os.path.join(source, "state")):
+        return workdir, source
+    directory = os.path.join(workdir, "checkpoints")
+    steps = (
+        sorted(int(p) for p in os.listdir(directory) if p.isdigit())
+        if os.path.isdir(directory)
+        else []
+    )
+    if not steps:
+        raise FileNotFoundError(f"{workdir!r} holds no checkpoints in {directory}.")
+    return workdir, os.path.join(directory, str(steps[-1]))
+
+
+def _read_params(step_dir: str) -> dict[str, Any]:
+    import jax
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    state = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
+        epath.Path(step_dir) / "state"
+    )
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), dict(state["params"]))
+
+
+def _export_tokenizer(tokenizer: Any, family: str, extra_ids: int, out_dir: str) -> list[str]:
+    directory = os.path.dirname(tokenizer.path)
+    written = hf_tokenizers.copy_files(directory, out_dir)
+    if tokenizer.path.endswith(".json"):
+        return written
+    shutil.copyfile(tokenizer.path, os.path.join(out_dir, hf_tokenizers.SPIECE))
+    written.append(hf_tokenizers.SPIECE)
+    if family == "t5" and hf_tokenizers.TOKENIZER_CONFIG not in written:
+        # ptjax's sentinels count down from the model's top id, as T5Tokenizer's extra ids do.
+        config = {**_T5_TOKENIZER, "extra_ids": extra_ids}
+        _write_json(os.path.join(out_dir, hf_tokenizers.TOKENIZER_CONFIG), config, indent=2)
+        written.append(hf_tokenizers.TOKENIZER_CONFIG)
+    elif family != "t5":
+        logging.warning(
+            "%s is a ptjax sentencepiece model, which no Hugging Face tokenizer class reads as "
+            "such; it is exported as spiece.model for sentencepiece.",
+            tokenizer.path,
+        )
+    return written
+
+
+def export_hf(source: str, out_dir: str) -> str:
+    """Writes a ptjax checkpoint as an HF model directory; returns the HF architecture."""
+    _check_empty(out_dir, "Output directory")
+    workdir, step_dir = _locate(source)
+    config = load_run_config(workdir)
+    kind = BY_FAMILY[config.model.family]
+    tokenizer = tokenizer_lib.load_tokenizer(
+        config.tokenizer.path or tokenizer_lib.tokenizer_file(os.path.join(workdir, "tokenizer"))
+    )
+    cfg = models.MODELS[config.model.family].make_config(config, tokenizer.vocab_size)
+    state, arch = kind.params_to_hf(_read_params(step_dir), cfg)
+    if kind is hf_bert:
+        labels = int(state["classifier.bias"].shape[0]) if "classifier.bias" in state else 0
+        hf = hf_bert.hf_config(cfg, arch, labels=labels, pad_id=tokenizer.pad_id)
+    elif kind is hf_gpt2:
+        hf = hf_gpt2.hf_config(cfg, arch, eos_id=tokenizer.eos_id)
+    else:
+        hf = hf_t5.hf_config(cfg, arch, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    source_config = os.path.join(workdir, HF_CONFIG_COPY)
+    if os.path.exists(source_config):  # Labels, generation settings, task prefixes, ...
+        with open(source_config, encoding="utf-8") as f:
+            carried = {k: v for k, v in json.load(f).items() if k not in _REGENERATED}
+        if len(carried.get("id2label", {})) != len(hf.get("id2label", {})):
+            carried.pop("id2label", None)
+            carried.pop("label2id", None)
+        hf = {**hf, **{k: v for k, v in carried.items() if k not in hf or "label" in k}}
+
+    def build(tmp: str) -> None:
+        hf_weights.write_model(tmp, hf, state)
+        _export_tokenizer(tokenizer, config.model.family, config.seq2seq.extra_ids, tmp)
+
+    _build_in_sibling(out_dir, "Output directory", build)
+    return arch

@@ -1,0 +1,269 @@
+"""Hugging Face tokenizers (BERT's WordPiece, GPT-2's byte-level BPE, any `tokenizer.json`)
+behind ptjax's tokenizer interface, through the `tokenizers` library.
+
+`HFTokenizer(path)` reads a `tokenizer.json` and, next to it, `tokenizer_config.json` /
+`special_tokens_map.json` for the special tokens. It offers what the pipelines use of
+`ptjax.data.tokenizer.Tokenizer`: `vocab_size`, `pad_id`/`eos_id`/`unk_id`/`bos_id`,
+`piece_to_id`, `id_to_piece`, `encode`, `encode_batch`, `encode_with_offsets`, `decode`.
+As with ptjax's sentencepiece models, `encode` adds no special tokens and never produces one
+from text ("[MASK]" in a text is tokenised as text).
+
+Special ids are the tokenizer's own. BERT has no eos/bos: they are [SEP]/[CLS]. GPT-2 has no
+pad token, and ptjax needs one the tokenizer never emits (the LM pipeline gives padding weight 0
+and segment 0 by its id, so pad = eos would drop every end-of-document target): a byte-level BPE
+without a pad token pads with the token of a byte that never occurs in UTF-8 text (0xFF, 'ÿ',
+or the next such byte the vocabulary has). It is never written into the exported tokenizer.
+
+T5's `spiece.model` is a sentencepiece model and goes through `ptjax.data.tokenizer.Tokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+SPIECE = "spiece.model"
+# Files of a Hugging Face tokenizer that an import copies (and an export copies back).
+FILES = (
+    TOKENIZER_JSON,
+    TOKENIZER_CONFIG,
+    SPECIAL_TOKENS_MAP,
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    SPIECE,
+)
+# Role -> config keys in order of preference, then well-known token strings to fall back on.
+_ROLES = {
+    "pad": (("pad_token",), ("[PAD]", "<pad>")),
+    "eos": (("eos_token", "sep_token"), ("</s>", "<|endoftext|>", "[SEP]")),
+    "unk": (("unk_token",), ("[UNK]", "<unk>", "<|endoftext|>")),
+    "bos": (("bos_token", "cls_token"), ("<s>", "<|endoftext|>", "[CLS]")),
+}
+_NEVER_IN_UTF8 = (0xFF, 0xFE, 0xFD, 0xFC, 0xFB, 0xFA, 0xF9, 0xF8, 0xF7, 0xF6, 0xF5, 0xC1, 0xC0)
+
+
+def _byte_char(b: int) -> str:
+    """GPT-2's printable stand-in for byte `b` (its `bytes_to_unicode`)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    if b in printable:
+        return chr(b)
+    return chr(256 + [x for x in range(256) if x not in printable].index(b))
+
+
+def _content(value: Any) -> str | None:
+    """A special token from a tokenizer config: a string or {'content': ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return data if isinstance(data, dict) else {}
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    pre = json.loads(tokenizer.to_str()).get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return any(p.get("type") == "ByteLevel" for p in parts if isinstance(p, dict))
+
+
+class HFTokenizer:
+    """A `tokenizers` tokenizer (from a tokenizer.json) with ptjax's tokenizer interface."""
+
+    def __init__(self, path: str):
+        import tokenizers
+
+        self._path = os.fspath(path)
+        if not os.path.isfile(self._path):
+            raise FileNotFoundError(f"Tokenizer file {self._path!r} does not exist.")
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(self._path)
+        except Exception as e:  # The Rust side raises plain Exceptions for malformed files.
+            raise ValueError(f"{self._path!r} is not a valid tokenizer.json: {e}") from e
+        self._tok.encode_special_tokens = True  # Text never becomes a special token.
+        directory = os.path.dirname(self._path)
+        config = {
+            **_read_json(os.path.join(directory, SPECIAL_TOKENS_MAP)),
+            **_read_json(os.path.join(directory, TOKENIZER_CONFIG)),
+        }
+        self._ids = {role: self._role_id(role, config) for role in _ROLES}
+        if self._ids["pad"] is None:
+            self._ids["pad"] = self._unused_byte_id()
+        if self._ids["eos"] is None:
+            raise ValueError(
+                f"Tokenizer {self._path!r} has no eos (or sep) token; name one as 'eos_token' in "
+                f"{TOKENIZER_CONFIG}."
+            )
+        if self._ids["unk"] is None:
+            self._ids["unk"] = -1
+        if self._ids["bos"] is None:
+            self._ids["bos"] = self._ids["eos"]
+
+    def _role_id(self, role: str, config: dict[str, Any]) -> int | None:
+        keys, fallbacks = _ROLES[role]
+        for key in keys:
+            if key in config:
+                token = _content(config[key])
+                if token is None:
+                    continue  # Explicitly none (GPT-2's pad_token: null).
+                token_id = self._tok.token_to_id(token)
+                if token_id is None:
+                    raise ValueError(
+                        f"{TOKENIZER_CONFIG} next to {self._path!r} names {key}={token!r}, which "
+                        "is not in the vocabulary."
+                    )
+                return token_id
+        if any(key in config for key in keys):
+            return None
+        for token in fallbacks:
+            if self._tok.token_to_id(token) is not None:
+                return self._tok.token_to_id(token)
+        return None
+
+    def _unused_byte_id(self) -> int:
+        if _is_byte_level(self._tok):
+            for b in _NEVER_IN_UTF8:
+                token_id = self._tok.token_to_id(_byte_char(b))
+                if token_id is not None:
+                    return token_id
+        raise ValueError(
+            f"Tokenizer {self._path!r} has no pad token, and ptjax needs an id it never emits; "
+            f"name one as 'pad_token' in {TOKENIZER_CONFIG}."
+        )
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_id(self) -> int:
+        return self._ids["pad"]
+
+    @property
+    def eos_id(self) -> int:
+        return self._ids["eos"]
+
+    @property
+    def unk_id(self) -> int:
+        return self._ids["unk"]
+
+    @property
+    def bos_id(self) -> int:
+        return self._ids["bos"]
+
+    def piece_to_id(self, piece: str) -> int:
+        """Id of a vocabulary token (e.g. '[MASK]'); unknown tokens give unk_id."""
+        token_id = self._tok.token_to_id(piece)
+        return self.unk_id if token_id is None else token_id
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._tok.id_to_token(int(token_id))
+
+    @staticmethod
+    def _text(text: str | bytes) -> str:
+        return text.decode("utf-8") if isinstance(text, bytes) else text
+
+    def encode(self, text: str | bytes) -> list[int]:
+        """Token ids of one text, without special tokens."""
+        return self._tok.encode(self._text(text), add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str | bytes]) -> list[list[int]]:
+        batch = self._tok.encode_batch([self._text(t) for t in texts], add_special_tokens=False)
+        return [e.ids for e in batch]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and their (start, end) character spans in `text` (Python str indices),
+        without the whitespace a token carries unless it is only whitespace."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        spans = []
+        for start, end in enc.offsets:
+            stripped = text[start:end].strip()
+            if stripped:
+                start += text[start:end].index(stripped)
+                end = start + len(stripped)
+            spans.append((start, end))
+        return enc.ids, spans
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids; pad and special tokens are dropped."""
+        return self._tok.decode(
+            [int(i) for i in ids if int(i) != self.pad_id], skip_special_tokens=True
+        )
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(path={self._path!r}, vocab_size={self.vocab_size})"
+
+
+def build(directory: str) -> Any:
+    """A `tokenizers.Tokenizer` from an HF tokenizer's files, as transformers 5 builds it:
+    tokenizer.json, else BERT's vocab.txt (WordPiece), else GPT-2's vocab.json + merges.txt."""
+    import tokenizers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    config = _read_json(os.path.join(directory, TOKENIZER_CONFIG))
+    path = os.path.join(directory, TOKENIZER_JSON)
+    if os.path.exists(path):
+        return tokenizers.Tokenizer.from_file(path)
+    vocab_txt = os.path.join(directory, "vocab.txt")
+    if os.path.exists(vocab_txt):
+        unk = _content(config.get("unk_token")) or "[UNK]"
+        tok = tokenizers.Tokenizer(models.WordPiece.from_file(vocab_txt, unk_token=unk))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+            strip_accents=config.get("strip_accents"),
+            lowercase=config.get("do_lower_case", True),
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        specials = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+        defaults = ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")
+        names = [_content(config.get(k)) or d for k, d in zip(specials, defaults, strict=True)]
+        tok.add_special_tokens([n for n in names if tok.token_to_id(n) is not None])
+        return tok
+    vocab_json, merges = (
+        os.path.join(directory, "vocab.json"),
+        os.path.join(directory, "merges.txt"),
+    )
+    if os.path.exists(vocab_json) and os.path.exists(merges):
+        bpe = models.BPE.from_file(vocab_json, merges, continuing_subword_prefix="", fuse_unk=False)
+        tok = tokenizers.Tokenizer(bpe)
+        prefix = bool(config.get("add_prefix_space", False))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix)
+        tok.decoder = decoders.ByteLevel()
+        eos = _content(config.get("eos_token")) or "<|endoftext|>"
+        if tok.token_to_id(eos) is not None:
+            tok.add_special_tokens([eos])
+        return tok
+    raise FileNotFoundError(
+        f"{directory!r} holds no Hugging Face tokenizer: expected {TOKENIZER_JSON}, vocab.txt "
+        f"(WordPiece), vocab.json + merges.txt (byte-level BPE) or {SPIECE} (sentencepiece)."
+    )
+
+
+def copy_files(source: str, target: str) -> list[str]:
+    """Copies the HF tokenizer files of `source` into the directory `target`; their names."""
+    copied = []
+    for name in FILES:
+        path = os.path.join(source, name)
+        if os.path.isfile(path):
+            shutil.copyfile(path, os.path.join(target, name))
+            copied.append(name)
+    return copied
