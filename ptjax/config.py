@@ -30,11 +30,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.vocab_size = 0  # 0: take the tokenizer's vocabulary size.
     c.model.max_len = 0  # 0: the size's position table length.
     c.model.dropout_rate = -1.0  # -1: the size's value.
+    # Mixed precision: dtype 'bfloat16' computes matmuls and activations in bf16 while
+    # parameters, optimizer state, softmax and loss stay float32 (param_dtype 'float32').
     c.model.dtype = "float32"  # Compute dtype.
     c.model.param_dtype = "float32"  # Storage dtype of parameters.
+    # Rematerialisation of the transformer blocks (ptjax.models.layers.REMAT_POLICIES): 'none',
+    # 'full' (recompute the whole block), 'dots_saveable' (keep matmul outputs),
+    # 'dots_with_no_batch_dims_saveable' (keep weight matmuls, recompute attention scores).
+    c.model.remat = "none"
     c.model.num_labels = 0  # Classification heads: 0 takes the dataset's number of labels.
     c.model.type_vocab_size = 0  # BERT segment (token type) table; 0: the size's value (2).
     c.model.pre_ln = False  # BERT: pre-LayerNorm blocks (default: the original post-LN).
+    # Shape overrides of the named size (0: the size's), e.g. a 6 x 384 MiniLM as bert/small
+    # with num_layers=6, d_model=384, num_heads=12, d_ff=1536. d_kv and num_decoder_layers are
+    # T5's (per-head width; decoder depth, 0: the size's, or num_layers when that is set).
+    c.model.num_layers = 0
+    c.model.d_model = 0
+    c.model.num_heads = 0
+    c.model.d_ff = 0
+    c.model.d_kv = 0
+    c.model.num_decoder_layers = 0
 
     # Data.
     c.dataset = ml_collections.ConfigDict()
@@ -92,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 1000
     c.per_device_batch_size = 8
+    # Gradient accumulation: each device's batch runs as this many slices, one after the other,
+    # summed into one update (the big batch's update with a slice's activation memory).
+    c.num_microbatches = 1
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 3e-4  # Peak learning rate.
     c.optimizer.warmup_steps = 100
@@ -116,8 +134,18 @@ def base_config() -> ml_collections.ConfigDict:
     # Best-checkpoint tracking: an eval metric name (e.g. 'f1/spam', 'loss'); '' keeps none.
     c.best_metric = ""
     c.best_metric_mode = "max"  # 'max' or 'min'.
+    # Accounting and profiling: train/mfu divides the model's FLOP/s by the devices' peak, from
+    # ptjax.train.accounting's table (or measured on CPU) unless this is set (FLOP/s per device).
+    c.peak_flops_per_device = 0.0
+    c.profile_steps = 0  # Trace this many steps (after the first) into WORKDIR/profile; 0: none.
     c.parallelism = ml_collections.ConfigDict()
+    # 'pmap': data parallel over the local devices, state replicated. 'mesh': jit on a
+    # (data, fsdp, tensor) device mesh, parameters and optimizer state sharded by the rules of
+    # ptjax/train/sharding.py; data x fsdp x tensor must equal the number of devices.
     c.parallelism.mode = "pmap"
+    c.parallelism.data = -1  # -1: all devices not used by fsdp x tensor.
+    c.parallelism.fsdp = 1
+    c.parallelism.tensor = 1
 
     # Reliability.
     # A step whose loss or gradients are NaN/inf never changes the parameters; 'stop' then ends
@@ -133,10 +161,11 @@ def base_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "dataset.document_per": ("line", "file"),
     "tokenizer.model_type": ("unigram", "bpe"),
     "optimizer.schedule": ("cosine", "linear", "constant"),
-    "parallelism.mode": ("pmap",),
+    "parallelism.mode": ("pmap", "mesh"),
     "nonfinite_policy": ("stop", "skip"),
     "best_metric_mode": ("max", "min"),
 }
@@ -148,6 +177,7 @@ _RANGES = {
     "seq_len": (1, _INT_MAX, "[]"),
     "total_steps": (1, _INT_MAX, "[]"),
     "per_device_batch_size": (1, _INT_MAX, "[]"),
+    "num_microbatches": (1, _INT_MAX, "[]"),
     "log_every_steps": (1, _INT_MAX, "[]"),
     "eval_every_steps": (1, _INT_MAX, "[]"),
     "checkpoint_every_steps": (1, _INT_MAX, "[]"),
@@ -155,10 +185,21 @@ _RANGES = {
     "sample_every_steps": (0, _INT_MAX, "[]"),
     "sample_max_new_tokens": (1, _INT_MAX, "[]"),
     "preemption_sync_every_steps": (1, _INT_MAX, "[]"),
+    "parallelism.data": (-1, _INT_MAX, "[]"),
+    "parallelism.fsdp": (1, _INT_MAX, "[]"),
+    "parallelism.tensor": (1, _INT_MAX, "[]"),
+    "profile_steps": (0, _INT_MAX, "[]"),
+    "peak_flops_per_device": (0.0, math.inf, "[)"),
     "model.vocab_size": (0, _INT_MAX, "[]"),
     "model.max_len": (0, _INT_MAX, "[]"),
     "model.num_labels": (0, _INT_MAX, "[]"),
     "model.type_vocab_size": (0, _INT_MAX, "[]"),
+    "model.num_layers": (0, 4096, "[]"),
+    "model.d_model": (0, 1 << 20, "[]"),
+    "model.num_heads": (0, 4096, "[]"),
+    "model.d_ff": (0, 1 << 22, "[]"),
+    "model.d_kv": (0, 1 << 16, "[]"),
+    "model.num_decoder_layers": (0, 4096, "[]"),
     "mlm.mask_rate": (0.0, 1.0, "[]"),
     "mlm.random_rate": (0.0, 1.0, "[]"),
     "mlm.keep_rate": (0.0, 1.0, "[]"),
@@ -271,6 +312,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("Config key sample_prompts must be a tuple of strings.")
     if not 0.0 <= config.optimizer.end_learning_rate_fraction <= 1.0:
         raise ConfigError("Config key optimizer.end_learning_rate_fraction must lie in [0, 1].")
+    if config.per_device_batch_size % config.num_microbatches:
+        raise ConfigError(
+            f"Config key num_microbatches={config.num_microbatches} must divide "
+            f"per_device_batch_size={config.per_device_batch_size}: each device's batch is cut "
+            "into that many equal slices."
+        )
+    if config.parallelism.data == 0:
+        raise ConfigError(
+            "Config key parallelism.data=0: set the data axis size, or -1 for the devices left."
+        )
+    if config.parallelism.mode == "mesh" and hasattr(tasks.TASKS[config.task], "run_eval"):
+        raise ConfigError(
+            f"Config key parallelism.mode='mesh' cannot run task={config.task!r} yet: its eval "
+            "(decoding or span post-processing) runs under pmap; use parallelism.mode='pmap'."
+        )
     if config.optimizer.warmup_steps > config.total_steps:
         raise ConfigError(
             f"Config key optimizer.warmup_steps={config.optimizer.warmup_steps} must lie in "

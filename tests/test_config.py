@@ -99,3 +99,25 @@ def test_wrong_type_is_named():
     config = _replaced(_valid(), "log_every_steps", "often")
     with pytest.raises(config_lib.ConfigError, match="log_every_steps"):
         config_lib.validate(config)
+
+
+def test_shape_keys_override_the_named_size_and_are_checked_per_family():
+    from ptjax.config_presets import bert_config, gpt_config, t5_config
+
+    config = bert_config("small")  # A 6 x 384 MiniLM shape on bert/small's other settings.
+    config.model.update(num_layers=6, d_model=384, num_heads=12, d_ff=1536)
+    cfg = models.MODELS["bert"].make_config(config)
+    assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff) == (6, 384, 12, 1536)
+    config = t5_config("tiny")
+    config.model.num_layers = 3  # The decoder follows unless given its own depth.
+    assert models.MODELS["t5"].make_config(config).num_decoder_layers == 3
+    config.model.num_decoder_layers = 1
+    assert models.MODELS["t5"].make_config(config).num_decoder_layers == 1
+    config = gpt_config("tiny")
+    config.model.d_kv = 32
+    with pytest.raises(config_lib.ConfigError, match="d_kv=32 does not apply to model.family='gpt"):
+        config_lib.validate(config)
+    config = gpt_config("tiny")
+    config.model.num_heads = 3
+    with pytest.raises(config_lib.ConfigError, match="d_model=128 is not divisible by num_heads=3"):
+        config_lib.validate(config)

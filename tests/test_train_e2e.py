@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -97,7 +98,9 @@ def snapshot(directory):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, data_dir, tokenizer_file):
     workdir = str(tmp_path_factory.mktemp("straight"))
-    result = trainer.train_and_evaluate(tiny_config(data_dir, tokenizer_file), workdir)
+    # profile_steps: steps 2 and 3 are traced into WORKDIR/profile (losses are unchanged).
+    config = tiny_config(data_dir, tokenizer_file, profile_steps=2)
+    result = trainer.train_and_evaluate(config, workdir)
     return workdir, result
 
 
@@ -110,6 +113,7 @@ def test_trains_with_events_checkpoints_and_config(straight_run):
         "train/learning_rate",
         "train/grad_norm",
         "train/tokens_per_second",
+        "train/mfu",
         "train/accuracy",
         "eval/loss",
         "eval/perplexity",
@@ -129,6 +133,8 @@ def test_trains_with_events_checkpoints_and_config(straight_run):
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "12", "data"))
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["model"]["size"] == "tiny"
+    assert glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.xplane.pb"))
+    assert 0 < scalars["train/mfu"][12] < 1
 
 
 def test_resume_is_exact(straight_run, tmp_path, data_dir, tokenizer_file):
@@ -314,3 +320,26 @@ def test_generate_script_names_a_missing_run_and_a_corrupt_checkpoint(straight_r
     done = _generate_cli(f"--workdir={copy}", "--prompt=x")
     assert done.returncode != 0
     assert "checkpoint" in done.stderr.lower()
+
+
+def test_trainer_runs_and_restores_on_a_mesh(tmp_path, data_dir, tokenizer_file):
+    """parallelism.mode='mesh' through train_and_evaluate: trains, evaluates, checkpoints the
+    sharded state, and a second call restores it onto the mesh (and finds the run complete)."""
+    config = tiny_config(
+        data_dir,
+        tokenizer_file,
+        total_steps=2,
+        eval_every_steps=2,
+        checkpoint_every_steps=2,
+        sample_every_steps=0,
+        **{"parallelism.mode": "mesh", "parallelism.fsdp": 2, "parallelism.tensor": 2},
+    )
+    workdir = str(tmp_path / "mesh")
+    first = trainer.train_and_evaluate(config, workdir)
+    assert first["step"] == 2 and math.isfinite(first["train"]["loss"])
+    assert math.isfinite(first["eval"]["loss"])
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+    assert trainer.train_and_evaluate(config, workdir)["step"] == 2  # Restored, complete.
+    config.parallelism.data = 3  # 3 x 2 x 2 != 8 devices.
+    with pytest.raises(ConfigError, match="must cover all 8 devices"):
+        trainer.train_and_evaluate(config, str(tmp_path / "other"))

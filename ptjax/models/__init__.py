@@ -11,6 +11,9 @@ import ml_collections
 
 from ptjax.models import bert, gpt, t5
 
+# Run-config keys (model.<key>, 0: the named size's) that override a size's shape.
+SHAPE_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "d_kv", "num_decoder_layers")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
@@ -46,7 +49,17 @@ class ModelFamily:
             params["dropout_rate"] = config.model.dropout_rate
         params["dtype"] = config.model.dtype
         params["param_dtype"] = config.model.param_dtype
+        params["remat"] = config.model.remat
         fields = {f.name for f in dataclasses.fields(self.config_class)}
+        for key in SHAPE_KEYS:
+            value = config.model.get(key, 0)
+            if value and key in fields:
+                params[key] = value
+        if "num_decoder_layers" in fields and config.model.get("num_layers", 0):
+            # T5's decoder follows a new encoder depth unless given its own.
+            params["num_decoder_layers"] = (
+                config.model.get("num_decoder_layers", 0) or config.model.num_layers
+            )
         if config.model.type_vocab_size and "type_vocab_size" in fields:
             params["type_vocab_size"] = config.model.type_vocab_size
         if "pre_ln" in fields:
@@ -63,8 +76,8 @@ class ModelFamily:
         cfg = self.make_config(config)
         if self.heads_divide_width and cfg.d_model % cfg.num_heads:
             raise ConfigError(
-                f"model.size={config.model.size!r}: d_model={cfg.d_model} is not divisible by "
-                f"num_heads={cfg.num_heads}."
+                f"model {config.model.family}/{config.model.size}: d_model={cfg.d_model} is not "
+                f"divisible by num_heads={cfg.num_heads} (model.d_model / model.num_heads)."
             )
         if config.seq_len > cfg.max_len:
             raise ConfigError(
@@ -73,6 +86,13 @@ class ModelFamily:
                 "or raise model.max_len."
             )
         fields = {f.name for f in dataclasses.fields(self.config_class)}
+        for key in SHAPE_KEYS:
+            if config.model.get(key, 0) and key not in fields:
+                raise ConfigError(
+                    f"Config key model.{key}={config.model[key]} does not apply to "
+                    f"model.family={config.model.family!r} (its shape keys: "
+                    f"{', '.join(k for k in SHAPE_KEYS if k in fields)}); leave it at 0."
+                )
         for key in ("type_vocab_size", "pre_ln"):
             if key not in fields and config.model[key]:
                 raise ConfigError(

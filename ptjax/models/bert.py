@@ -7,45 +7,18 @@ so an encoder checkpoint restores as the `bert` subtree under any head. `pre_ln=
 blocks to pre-LayerNorm (x + f(ln(x))) and adds a final LayerNorm, for more stable training of
 deep models; it is not weight-compatible with published BERT checkpoints.
 
-Parameter names follow Hugging Face's `BertModel` closely. `params_from_hf` converts a PyTorch
-state dict (arrays, any of `BertModel`, `BertForPreTraining`, `BertForMaskedLM`,
-`BertForSequenceClassification`, `BertForQuestionAnswering`):
-
-| Hugging Face name (optionally under `bert.`)       | ptjax path (under `bert/`)                  |
-| -------------------------------------------------- | ------------------------------------------- |
-| embeddings.word_embeddings.weight [V, d]           | embeddings/word_embeddings/embedding        |
-| embeddings.position_embeddings.weight [P, d]       | embeddings/position_embeddings/embedding    |
-| embeddings.token_type_embeddings.weight [T, d]     | embeddings/token_type_embeddings/embedding  |
-| embeddings.LayerNorm.{weight,bias}                 | embeddings/layer_norm/{scale,bias}          |
-| encoder.layer.i.attention.self.query.weight [d, d] | layer_i/attention/query/kernel [d, h, hd]   |
-|   (same for key, value; biases -> bias [h, hd])    |   (weight.T reshaped)                       |
-| encoder.layer.i.attention.output.dense.weight      | layer_i/attention/out/kernel [h, hd, d]     |
-| encoder.layer.i.attention.output.LayerNorm.*       | layer_i/attention_ln/{scale,bias}           |
-| encoder.layer.i.intermediate.dense.{weight,bias}   | layer_i/mlp/wi/{kernel (weight.T),bias}     |
-| encoder.layer.i.output.dense.{weight,bias}         | layer_i/mlp/wo/{kernel (weight.T),bias}     |
-| encoder.layer.i.output.LayerNorm.*                 | layer_i/output_ln/{scale,bias}              |
-| pooler.dense.{weight,bias}                         | pooler/{kernel (weight.T),bias}             |
-| cls.predictions.transform.dense.{weight,bias}      | mlm/transform/{kernel (weight.T),bias}      |
-|   (top level, not under bert/)                     |                                             |
-| cls.predictions.transform.LayerNorm.*              | mlm/transform_ln/{scale,bias}               |
-| cls.predictions.bias [V]                           | mlm/output_bias                             |
-| cls.predictions.decoder.{weight,bias}              | tied: word_embeddings, mlm/output_bias      |
-| classifier.{weight,bias}                           | classification/classifier/{kernel,bias}     |
-| qa_outputs.{weight,bias}                           | span/qa_outputs/{kernel,bias}               |
-| cls.seq_relationship.* (next-sentence prediction)  | not used (RoBERTa showed NSP unnecessary)   |
+Parameter names follow Hugging Face's `BertModel` closely; `ptjax.interop.hf_bert` converts
+Hugging Face checkpoints both ways (the name table is there).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ptjax.models import layers
 
@@ -70,6 +43,7 @@ class BertConfig:
     pre_ln: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat: str = "none"  # A key of layers.REMAT_POLICIES, applied to each EncoderBlock.
 
     @property
     def head_dim(self) -> int:
@@ -230,8 +204,10 @@ class Bert(nn.Module):
         x = BertEmbeddings(cfg, name="embeddings")(
             input_ids, token_type_ids, position_ids, deterministic=deterministic
         )  # [batch, length, d_model]
+        block = layers.remat(EncoderBlock, cfg.remat)
         for i in range(cfg.num_layers):
-            x = EncoderBlock(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
+            x = block(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
+            x = layers.constrain_batch(x)
         if cfg.pre_ln:
             x = _layer_norm(cfg, "final_ln")(x)
         pooled = jnp.tanh(_dense(cfg, cfg.d_model, "pooler")(x[:, 0]))  # [batch, d_model]
@@ -372,61 +348,3 @@ def flops_per_token(cfg: BertConfig, seq_len: int, predicted_fraction: float = 1
     head = predicted_fraction * (cfg.d_model * cfg.d_model + cfg.vocab_size * cfg.d_model)
     attention = 12 * cfg.num_layers * seq_len * cfg.d_model
     return 6.0 * (block + head) + attention
-
-
-def params_from_hf(state_dict: Mapping[str, Any], cfg: BertConfig) -> dict[str, Any]:
-    """ptjax params from a Hugging Face BERT state dict (name -> array), per the module table.
-
-    Returns {'bert': ...} plus 'mlm', 'classification' and 'span' when their weights are present;
-    weights absent from the state dict (e.g. the pooler of `BertForMaskedLM`) are absent from the
-    result, for the caller to merge into a fresh init. Arrays come back as float32 numpy arrays.
-    """
-    sd = {k.removeprefix("bert."): np.asarray(v, np.float32) for k, v in state_dict.items()}
-    h, hd, d = cfg.num_heads, cfg.head_dim, cfg.d_model
-
-    def dense(name: str) -> dict[str, np.ndarray]:
-        return {"kernel": sd[f"{name}.weight"].T, "bias": sd[f"{name}.bias"]}
-
-    def norm(name: str) -> dict[str, np.ndarray]:
-        return {"scale": sd[f"{name}.weight"], "bias": sd[f"{name}.bias"]}
-
-    def heads_in(name: str) -> dict[str, np.ndarray]:
-        kernel = sd[f"{name}.weight"].T.reshape(d, h, hd)  # [d_model, heads, head_dim]
-        return {"kernel": kernel, "bias": sd[f"{name}.bias"].reshape(h, hd)}
-
-    bert: dict[str, Any] = {
-        "embeddings": {
-            "word_embeddings": {"embedding": sd["embeddings.word_embeddings.weight"]},
-            "position_embeddings": {"embedding": sd["embeddings.position_embeddings.weight"]},
-            "token_type_embeddings": {"embedding": sd["embeddings.token_type_embeddings.weight"]},
-            "layer_norm": norm("embeddings.LayerNorm"),
-        }
-    }
-    for i in range(cfg.num_layers):
-        p = f"encoder.layer.{i}"
-        out = sd[f"{p}.attention.output.dense.weight"].T.reshape(h, hd, d)  # [heads, hd, d_model]
-        bert[f"layer_{i}"] = {
-            "attention": {
-                "query": heads_in(f"{p}.attention.self.query"),
-                "key": heads_in(f"{p}.attention.self.key"),
-                "value": heads_in(f"{p}.attention.self.value"),
-                "out": {"kernel": out, "bias": sd[f"{p}.attention.output.dense.bias"]},
-            },
-            "attention_ln": norm(f"{p}.attention.output.LayerNorm"),
-            "mlp": {"wi": dense(f"{p}.intermediate.dense"), "wo": dense(f"{p}.output.dense")},
-            "output_ln": norm(f"{p}.output.LayerNorm"),
-        }
-    if "pooler.dense.weight" in sd:
-        bert["pooler"] = dense("pooler.dense")
-    params: dict[str, Any] = {"bert": bert}
-    if "cls.predictions.bias" in sd:
-        params["mlm"] = {
-            "transform": dense("cls.predictions.transform.dense"),
-            "transform_ln": norm("cls.predictions.transform.LayerNorm"),
-            "output_bias": sd["cls.predictions.bias"],
-        }
-    if "classifier.weight" in sd:
-        params["classification"] = {"classifier": dense("classifier")}
-    if "qa_outputs.weight" in sd:
-        params["span"] = {"qa_outputs": dense("qa_outputs")}
-    return params

@@ -28,6 +28,7 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat: str = "none"  # A key of layers.REMAT_POLICIES, applied to each DecoderBlock.
 
     @property
     def head_dim(self) -> int:
@@ -162,8 +163,9 @@ class GPT(nn.Module):
         x = embed(inputs) + wpe(positions)  # [batch, length, d_model]
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         new_layers = []
+        block = layers.remat(DecoderBlock, cfg.remat)
         for i in range(cfg.num_layers):
-            x, layer_cache = DecoderBlock(cfg, name=f"h_{i}")(
+            x, layer_cache = block(cfg, name=f"h_{i}")(
                 x,
                 mask,
                 deterministic=deterministic,
@@ -171,6 +173,7 @@ class GPT(nn.Module):
                 cache_index=index,
             )
             new_layers.append(layer_cache)
+            x = layers.constrain_batch(x)
         x = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name="ln_f"
         )(x)

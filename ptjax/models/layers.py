@@ -19,6 +19,54 @@ Dtype = jnp.dtype
 NEG_INF = -1e9  # Finite, so that a fully masked row gives a uniform (not NaN) softmax.
 
 
+# Rematerialisation policies for `remat` (config key model.remat): what a block keeps from the
+# forward pass for the backward pass; the rest is recomputed. 'none' keeps everything (no remat).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # Keep only the block's inputs.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # Keep matmul outputs.
+    "dots_with_no_batch_dims_saveable": (
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable  # Keep weight matmuls only.
+    ),
+}
+
+
+def remat(block: type[nn.Module], policy: str) -> type[nn.Module]:
+    """`block` with its activations rematerialised under REMAT_POLICIES[policy].
+
+    The one place where the families' transformer blocks get `nn.remat`. The block is called as
+    before (`deterministic` as a keyword); it is passed to jax.checkpoint as a static positional
+    argument, since keyword arguments would be traced. Parameter names do not change, so a
+    checkpoint restores with any policy.
+    """
+    if policy not in REMAT_POLICIES:
+        raise ValueError(
+            f"Unknown remat policy {policy!r}; expected one of {list(REMAT_POLICIES)}."
+        )
+    if policy == "none":
+        return block
+
+    class Positional(block):
+        def __call__(self, deterministic: bool, *args, **kwargs):
+            return super().__call__(*args, deterministic=deterministic, **kwargs)
+
+    checkpointed = nn.remat(Positional, static_argnums=(1,), policy=REMAT_POLICIES[policy])
+
+    class Remat(checkpointed):
+        def __call__(self, *args, deterministic: bool, **kwargs):
+            return super().__call__(deterministic, *args, **kwargs)
+
+    Remat.__name__ = Remat.__qualname__ = f"Remat{block.__name__}"
+    return Remat
+
+
+def constrain_batch(x: Array) -> Array:
+    """Keeps a [batch, ...] activation's rows split over the mesh's batch axes when a step is
+    traced on a mesh (under flax logical-axis rules, set by ptjax.train.parallel); a no-op
+    under pmap and outside training. Called on the residual stream between blocks."""
+    return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
+
+
 def normal_init(stddev: float = 0.02) -> Callable:
     return nn.initializers.normal(stddev=stddev)
 

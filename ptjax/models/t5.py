@@ -11,29 +11,8 @@ scaling the decoder output by d_model**-0.5; T5 1.1 / mT5 ('gated-gelu', untied)
 Packing: `*_segment_ids` keep attention (and cross-attention) within one example and
 `*_positions` restart at 0 per example, so packed examples see exactly what they would alone.
 
-Parameter names follow t5x more than Hugging Face; `params_from_hf` converts a PyTorch state
-dict (arrays) of `T5ForConditionalGeneration`:
-
-| Hugging Face name                                       | ptjax path                         |
-| ------------------------------------------------------- | ---------------------------------- |
-| shared.weight [V, d] (= {en,de}coder.embed_tokens)      | shared/embedding                   |
-| {s}.block.0.layer.0.SelfAttention.relative_attention_   | {s}/relative_position/             |
-|   bias.weight [buckets, heads]                          |   relative_attention_bias/embedding|
-| {s}.block.i.layer.0.SelfAttention.{q,k,v}.weight        | {s}/layer_i/self_attention/        |
-|   [h * d_kv, d]                                         |   {query,key,value}/kernel [d,h,dk]|
-| {s}.block.i.layer.0.SelfAttention.o.weight [d, h * dk]  | .../self_attention/out/kernel      |
-|                                                         |   [h, dk, d]                       |
-| {s}.block.i.layer.0.layer_norm.weight                   | {s}/layer_i/self_attention_ln/scale|
-| decoder.block.i.layer.1.EncDecAttention.{q,k,v,o}       | decoder/layer_i/cross_attention/.. |
-| decoder.block.i.layer.1.layer_norm.weight               | decoder/layer_i/cross_attention_ln |
-| {s}.block.i.layer.-1.DenseReluDense.{wi,wo}.weight      | {s}/layer_i/mlp/{wi,wo}/kernel (.T)|
-|   (gated: wi_0, wi_1, wo)                               |   (gated: wi_0, wi_1, wo)          |
-| {s}.block.i.layer.-1.layer_norm.weight                  | {s}/layer_i/mlp_ln/scale           |
-| {s}.final_layer_norm.weight                             | {s}/final_ln/scale                 |
-| lm_head.weight [V, d] (untied only)                     | lm_head/kernel [d, V]              |
-
-where {s} is `encoder` or `decoder` and layer.-1 is layer.1 in the encoder, layer.2 in the
-decoder.
+Parameter names follow t5x more than Hugging Face; `ptjax.interop.hf_t5` converts Hugging Face
+checkpoints both ways (the name table is there).
 """
 
 from __future__ import annotations
@@ -41,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -76,6 +55,7 @@ class T5Config:
     max_len: int = 512  # No position table: only a limit on input and target lengths.
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat: str = "none"  # A key of layers.REMAT_POLICIES, applied to each encoder/decoder layer.
 
     def __post_init__(self):
         if self.feed_forward not in FEED_FORWARDS:
@@ -437,8 +417,10 @@ class Encoder(nn.Module):
             positions, positions
         )
         x = dropout(x, deterministic=deterministic)
+        layer = layers.remat(EncoderLayer, cfg.remat)
         for i in range(cfg.num_layers):
-            x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, bias, deterministic=deterministic)
+            x = layer(cfg, name=f"layer_{i}")(x, mask, bias, deterministic=deterministic)
+            x = layers.constrain_batch(x)
         x = _norm(cfg, "final_ln")(x)
         return dropout(x, deterministic=deterministic)
 
@@ -474,8 +456,9 @@ class Decoder(nn.Module):
         )
         x = dropout(x, deterministic=deterministic)
         self_kvs, cross_kvs = [], []
+        layer = layers.remat(DecoderLayer, cfg.remat)
         for i in range(cfg.num_decoder_layers):
-            x, self_kv, cross_kv = DecoderLayer(cfg, name=f"layer_{i}")(
+            x, self_kv, cross_kv = layer(cfg, name=f"layer_{i}")(
                 x,
                 encoded,
                 self_mask,
@@ -486,6 +469,7 @@ class Decoder(nn.Module):
                 cache_index=cache_index,
                 cross=None if cross is None else cross[i],
             )
+            x = layers.constrain_batch(x)
             self_kvs.append(self_kv)
             cross_kvs.append(cross_kv)
         x = _norm(cfg, "final_ln")(x)
@@ -746,102 +730,3 @@ def flops_per_token(cfg: T5Config, src_len: int, tgt_len: int) -> float:
         + 12.0 * cfg.num_decoder_layers * src_len * inner
     )
     return (encoder + decoder) / tgt_len
-
-
-_IGNORED_HF = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
-
-
-def params_from_hf(state_dict: Mapping[str, Any], cfg: T5Config) -> dict[str, Any]:
-    """ptjax params (float32 numpy) from a Hugging Face `T5ForConditionalGeneration` state dict.
-
-    Every tensor is accounted for: a missing, unexpected or mis-shaped one raises a ValueError
-    naming it. The per-stack `embed_tokens` copies, and `lm_head.weight` for a tied config, must
-    equal `shared.weight` (Hugging Face ties them); an untied config requires `lm_head.weight`.
-    """
-    sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
-    used: set[str] = set(k for k in _IGNORED_HF if k in sd)
-    d, h, dk, V = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.vocab_size
-
-    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
-        if name not in sd:
-            raise ValueError(f"Hugging Face state dict lacks {name!r} (expected shape {shape}).")
-        if sd[name].shape != shape:
-            raise ValueError(
-                f"Hugging Face tensor {name!r} has shape {sd[name].shape}; T5Config implies "
-                f"{shape}."
-            )
-        used.add(name)
-        return sd[name]
-
-    def same_as_shared(name: str) -> None:
-        if name in sd and not np.array_equal(take(name, (V, d)), shared):
-            raise ValueError(f"Hugging Face tensor {name!r} differs from 'shared.weight'.")
-
-    def attention(prefix: str) -> dict[str, Any]:
-        def heads_in(x: str) -> dict[str, np.ndarray]:
-            return {"kernel": take(f"{prefix}.{x}.weight", (h * dk, d)).T.reshape(d, h, dk)}
-
-        out = take(f"{prefix}.o.weight", (d, h * dk)).T.reshape(h, dk, d)  # [heads, d_kv, d]
-        return {
-            "query": heads_in("q"),
-            "key": heads_in("k"),
-            "value": heads_in("v"),
-            "out": {"kernel": out},
-        }
-
-    def norm(name: str) -> dict[str, np.ndarray]:
-        return {"scale": take(f"{name}.weight", (d,))}
-
-    def mlp(prefix: str) -> dict[str, Any]:
-        wi = ("wi_0", "wi_1") if cfg.feed_forward == "gated-gelu" else ("wi",)
-        out = {w: {"kernel": take(f"{prefix}.{w}.weight", (cfg.d_ff, d)).T} for w in wi}
-        out["wo"] = {"kernel": take(f"{prefix}.wo.weight", (d, cfg.d_ff)).T}
-        return out
-
-    def bias(stack: str) -> dict[str, Any]:
-        name = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-        table = take(name, (cfg.relative_attention_num_buckets, h))
-        return {"relative_attention_bias": {"embedding": table}}
-
-    shared = take("shared.weight", (V, d))
-    same_as_shared("encoder.embed_tokens.weight")
-    same_as_shared("decoder.embed_tokens.weight")
-    encoder: dict[str, Any] = {"relative_position": bias("encoder")}
-    for i in range(cfg.num_layers):
-        p = f"encoder.block.{i}.layer"
-        encoder[f"layer_{i}"] = {
-            "self_attention_ln": norm(f"{p}.0.layer_norm"),
-            "self_attention": attention(f"{p}.0.SelfAttention"),
-            "mlp_ln": norm(f"{p}.1.layer_norm"),
-            "mlp": mlp(f"{p}.1.DenseReluDense"),
-        }
-    encoder["final_ln"] = norm("encoder.final_layer_norm")
-    decoder: dict[str, Any] = {"relative_position": bias("decoder")}
-    for i in range(cfg.num_decoder_layers):
-        p = f"decoder.block.{i}.layer"
-        decoder[f"layer_{i}"] = {
-            "self_attention_ln": norm(f"{p}.0.layer_norm"),
-            "self_attention": attention(f"{p}.0.SelfAttention"),
-            "cross_attention_ln": norm(f"{p}.1.layer_norm"),
-            "cross_attention": attention(f"{p}.1.EncDecAttention"),
-            "mlp_ln": norm(f"{p}.2.layer_norm"),
-            "mlp": mlp(f"{p}.2.DenseReluDense"),
-        }
-    decoder["final_ln"] = norm("decoder.final_layer_norm")
-    params: dict[str, Any] = {
-        "shared": {"embedding": shared},
-        "encoder": encoder,
-        "decoder": decoder,
-    }
-    if cfg.tie_word_embeddings:
-        same_as_shared("lm_head.weight")
-    else:
-        params["lm_head"] = {"kernel": take("lm_head.weight", (V, d)).T}
-    unexpected = sorted(set(sd) - used)
-    if unexpected:
-        raise ValueError(
-            f"Hugging Face state dict has tensors T5Config does not use: {unexpected[:5]}"
-            + (f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else "")
-            + "; check num_layers, num_decoder_layers and feed_forward."
-        )
-    return params

@@ -118,6 +118,7 @@ class Progress:
         self.total_steps = total_steps
         self._last_time = time.perf_counter()
         self._last_step = start_step
+        self.steps_per_second = 0.0  # Over the last update's interval.
 
     def update(self, step: int, tokens: float) -> tuple[float, float]:
         """(tokens per second since the last update, seconds left at that pace)."""
@@ -125,6 +126,7 @@ class Progress:
         elapsed = max(now - self._last_time, 1e-9)
         steps = max(step - self._last_step, 1)
         self._last_time, self._last_step = now, step
+        self.steps_per_second = steps / elapsed
         eta = elapsed / steps * (self.total_steps - step)
         return tokens / elapsed, eta
 

@@ -1,8 +1,12 @@
-"""Where parallelism lives: the step functions wrapped for `jax.pmap` over local devices.
+"""Where parallelism lives: the step functions wrapped for `jax.pmap` over local devices, or
+for `jax.jit` with shardings on a (data, fsdp, tensor) mesh (`ptjax.train.sharding`).
 
-Batches arrive shaped [local_devices, per_device_batch, ...]. The state is replicated once
+pmap: batches arrive shaped [local_devices, per_device_batch, ...]. The state is replicated once
 after init/restore and stays on the devices (pmap outputs are already laid out per device, so
 nothing is replicated or unreplicated per step); it comes to the host only to be saved.
+mesh: the same step functions (with `axis_name=None`) on global arrays: the state sharded by
+the rules of `sharding.py`, batches [global_batch, ...] split over data x fsdp. Metrics come
+back with a leading axis of 1, shaped as pmap's are, so the host code reads both alike.
 """
 
 from __future__ import annotations
@@ -30,6 +34,121 @@ def pmap_eval_step(
 ) -> Callable:
     fn = functools.partial(step_fn, axis_name=AXIS, **kwargs)
     return jax.pmap(fn, axis_name=AXIS, devices=devices)
+
+
+class Parallel:
+    """The trainer's one handle on the parallel mode: where the state lives, how steps run and
+    how arrays come back to the host. `mesh` None: pmap over the local devices."""
+
+    def __init__(self, mesh: jax.sharding.Mesh | None = None):
+        self.mesh = mesh
+
+    def init(self, init_fn: Callable[[], Any], abstract_state: Any) -> Any:
+        """A fresh state: on a mesh made in place, sharded (never whole on one device)."""
+        if self.mesh is None:
+            return jax.jit(init_fn)()
+        from ptjax.train import sharding
+
+        return jax.jit(init_fn, out_shardings=sharding.tree_shardings(abstract_state, self.mesh))()
+
+    def place(self, tree: Any) -> Any:
+        """A state or params (host or one device) onto the devices, as the steps take them."""
+        return replicate(tree) if self.mesh is None else place_on_mesh(tree, self.mesh)
+
+    def train_step(self, step_fn: Callable, abstract_state: Any, **kwargs: Any) -> Callable:
+        if self.mesh is None:
+            return pmap_train_step(step_fn, **kwargs)
+        return _taking_local_batches(
+            mesh_train_step(step_fn, self.mesh, abstract_state, **kwargs), self.mesh
+        )
+
+    def eval_step(self, step_fn: Callable, **kwargs: Any) -> Callable:
+        if self.mesh is None:
+            return pmap_eval_step(step_fn, **kwargs)
+        return _taking_local_batches(mesh_eval_step(step_fn, self.mesh, **kwargs), self.mesh)
+
+    def to_host(self, tree: Any) -> Any:
+        """Numpy copies on the host: one device's copy (pmap) or the whole arrays (mesh)."""
+        if self.mesh is None:
+            return unreplicate(tree)
+        from jax.experimental import multihost_utils
+
+        if jax.process_count() > 1:
+            return multihost_utils.process_allgather(tree, tiled=True)
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def create(parallelism: Any) -> Parallel:
+    """The run's Parallel from config.parallelism; a mesh must cover every device."""
+    if parallelism.mode == "pmap":
+        return Parallel()
+    from ptjax.config import ConfigError
+    from ptjax.train import sharding
+
+    fsdp, tensor = parallelism.fsdp, parallelism.tensor
+    data = parallelism.data if parallelism.data > 0 else jax.device_count() // (fsdp * tensor)
+    if data * fsdp * tensor != jax.device_count():
+        raise ConfigError(
+            f"Config keys parallelism.data={parallelism.data}, fsdp={fsdp}, tensor={tensor}: "
+            f"the mesh must cover all {jax.device_count()} devices (data=-1 takes the rest)."
+        )
+    return Parallel(sharding.make_mesh((data, fsdp, tensor)))
+
+
+def _taking_local_batches(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """`step` taking this process's batch as the pipeline yields it, [local_devices,
+    per_device_batch, ...], placed as one global array [global_batch, ...] over the mesh."""
+    from ptjax.train import sharding
+
+    rows = sharding.batch_sharding(mesh)
+
+    def to_global(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(rows, x.reshape(-1, *x.shape[2:]))
+
+    return lambda first, batch: step(first, jax.tree.map(to_global, batch))
+
+
+def mesh_train_step(
+    step_fn: Callable, mesh: jax.sharding.Mesh, abstract_state: Any, **kwargs: Any
+) -> Callable:
+    """jit on `mesh`: the state (sharded by sharding.py's rules) is donated and stays sharded."""
+    from ptjax.train import sharding
+
+    fn = functools.partial(step_fn, axis_name=None, **kwargs)
+    state_shardings = sharding.tree_shardings(abstract_state, mesh)
+
+    def step(state: Any, batch: Any) -> tuple[Any, Any]:
+        with sharding.activation_rules(mesh):
+            state, metrics = fn(state, batch)
+        return state, jax.tree.map(lambda x: x[None], metrics)  # [1, ...] like pmap's.
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def mesh_eval_step(step_fn: Callable, mesh: jax.sharding.Mesh, **kwargs: Any) -> Callable:
+    from ptjax.train import sharding
+
+    fn = functools.partial(step_fn, axis_name=None, **kwargs)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(
+        lambda params, batch: jax.tree.map(lambda x: x[None], fn(params, batch)),
+        in_shardings=(None, sharding.batch_sharding(mesh)),
+        out_shardings=replicated,
+    )
+
+
+def place_on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Puts a host pytree (a TrainState, params) onto `mesh` by sharding.py's rules."""
+    from ptjax.train import sharding
+
+    return jax.device_put(tree, sharding.tree_shardings(tree, mesh))
 
 
 def replicate(tree: Any, devices: Sequence[Any] | None = None) -> Any:

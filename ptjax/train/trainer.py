@@ -24,8 +24,14 @@ from jax.experimental import multihost_utils
 from ptjax import config as config_lib
 from ptjax import models, tasks
 from ptjax.data import corpora
-from ptjax.data.tokenizer import Tokenizer, check_vocab, train_tokenizer
-from ptjax.train import lock, optim, parallel, preemption, steps
+from ptjax.data.tokenizer import (
+    Tokenizer,
+    check_vocab,
+    load_tokenizer,
+    tokenizer_file,
+    train_tokenizer,
+)
+from ptjax.train import accounting, lock, optim, parallel, preemption, steps
 from ptjax.train import metrics as metrics_lib
 from ptjax.train.checkpoint import (
     BestParams,
@@ -86,6 +92,12 @@ def check_workdir(workdir: str) -> bool:
     if not os.path.isdir(workdir):
         return False
     entries = os.listdir(workdir)
+    if "config.hf.json" in entries:  # ptjax.interop.convert.HF_CONFIG_COPY
+        raise WorkdirError(
+            f"--workdir={workdir!r} holds a Hugging Face checkpoint imported by "
+            "convert_checkpoint.py (parameters only, no optimizer state to resume); train from it "
+            f"in a new workdir with --config.init_checkpoint={workdir}."
+        )
     foreign = [e for e in entries if not e.startswith(_WORKDIR_ENTRIES)]
     if foreign:
         raise WorkdirError(
@@ -96,7 +108,9 @@ def check_workdir(workdir: str) -> bool:
 
 
 def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.tokenizer.path or os.path.join(workdir, TOKENIZER_FILE)
+    """tokenizer.path, else the run's own: tokenizer/spm.model, or tokenizer/tokenizer.json for a
+    Hugging Face import (ptjax.interop)."""
+    return config.tokenizer.path or tokenizer_file(os.path.join(workdir, "tokenizer"))
 
 
 def source_tokenizer(init_checkpoint: str) -> str | None:
@@ -104,7 +118,7 @@ def source_tokenizer(init_checkpoint: str) -> str | None:
     best/ directory, or a step directory in them), if that run has one."""
     path = os.path.abspath(init_checkpoint)
     for _ in range(3):
-        candidate = os.path.join(path, TOKENIZER_FILE)
+        candidate = tokenizer_file(os.path.join(path, "tokenizer"))
         if os.path.exists(candidate):
             return candidate
         path = os.path.dirname(path)
@@ -120,23 +134,30 @@ def load_or_train_tokenizer(
     path = tokenizer_path(config, workdir)
     if config.tokenizer.path:
         try:
-            return Tokenizer(path)
+            return load_tokenizer(path)
         except (OSError, ValueError) as e:
             raise config_lib.ConfigError(f"Config key tokenizer.path: {e}") from None
     if os.path.exists(path):
-        return Tokenizer(path)
+        return load_tokenizer(path)
     source = source_tokenizer(config.init_checkpoint) if config.init_checkpoint else None
     if source is not None:
+        path = os.path.join(workdir, "tokenizer", os.path.basename(source))
         if jax.process_index() == 0:
             logging.info("Using the tokenizer of init_checkpoint's run: %s -> %s", source, path)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(source, "rb") as f:
-                data = f.read()
-            with open(path + ".tmp", "wb") as f:
-                f.write(data)
-            os.replace(path + ".tmp", path)
+            # The model file and what sits next to it (a Hugging Face tokenizer's config).
+            for name in sorted(os.listdir(os.path.dirname(source))):
+                src = os.path.join(os.path.dirname(source), name)
+                dst = os.path.join(os.path.dirname(path), name)
+                if not os.path.isfile(src):
+                    continue
+                with open(src, "rb") as f:
+                    data = f.read()
+                with open(dst + ".tmp", "wb") as f:
+                    f.write(data)
+                os.replace(dst + ".tmp", dst)
         multihost_utils.sync_global_devices("ptjax tokenizer copied")
-        return Tokenizer(path)
+        return load_tokenizer(path)
     if config.task == "extractive_qa":
         raise config_lib.ConfigError(
             "task='extractive_qa' trains no tokenizer of its own: set init_checkpoint to a "
@@ -260,6 +281,15 @@ def write_results(
     return path
 
 
+def samples_markdown(samples: list[dict[str, Any]], limit: int = 5) -> str:
+    """Decoded eval examples as TensorBoard's text plugin shows them: prediction, references."""
+    blocks = []
+    for i, sample in enumerate(samples[:limit]):
+        refs = sample.get("references") or [sample.get("reference", "")]
+        blocks.append(f"**{i + 1}.** {sample['prediction']}\n\n*reference:* " + " | ".join(refs))
+    return "\n\n---\n\n".join(blocks)
+
+
 def write_samples(
     generator: Any, params: Any, config: ml_collections.ConfigDict, writer: Any, step: int
 ) -> list[str]:
@@ -345,6 +375,7 @@ def _train_and_evaluate(
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
     data_dir = default_data_dir(config)
+    par = parallel.create(config.parallelism)  # A mesh that does not fit the devices fails here.
     task, head_kwargs = tasks.create(config, data_dir=data_dir)
     num_devices = jax.local_device_count()
     global_batch = config.per_device_batch_size * jax.device_count()
@@ -424,7 +455,7 @@ def _train_and_evaluate(
         latest, state = restored
         logging.info("Resuming from %s/%d", checkpointer.directory, latest)
     else:
-        state = jax.jit(functools.partial(init_state, config, model, tx))()
+        state = par.init(functools.partial(init_state, config, model, tx), abstract_state)
         if imported is not None:
             state = TrainState.create(imported.params, tx, state.rng)
     writer = metrics_lib.create_writer(workdir)
@@ -444,11 +475,17 @@ def _train_and_evaluate(
         config.seq_len,
     )
 
-    p_train_step = parallel.pmap_train_step(
-        steps.train_step, model=model, task=task, tx=tx, schedule=schedule
+    p_train_step = par.train_step(
+        steps.train_step,
+        abstract_state,
+        model=model,
+        task=task,
+        tx=tx,
+        schedule=schedule,
+        num_microbatches=config.num_microbatches,
     )
-    p_eval_step = parallel.pmap_eval_step(steps.eval_step, model=model, task=task)
-    state = parallel.replicate(state)
+    p_eval_step = par.eval_step(steps.eval_step, model=model, task=task)
+    state = par.place(state)
     best = None
     if config.best_metric:
         best_dir = os.path.join(workdir, "best")
@@ -479,10 +516,25 @@ def _train_and_evaluate(
     if stop_after_steps is not None:
         end_step = min(end_step, start_step + stop_after_steps)
     stop = cleanup.enter_context(preemption.StopRequests(config.preemption_sync_every_steps))
+    # MFU: the model's FLOPs per step against the devices' peak (None: unknown device kind).
+    flops_per_step = accounting.model_flops_per_step(config, model_config)
+    peak = accounting.peak_flops(config.peak_flops_per_device)
+    if peak is None:
+        logging.info(
+            "No train/mfu: device kind %r is not in ptjax.train.accounting's peak table; set "
+            "peak_flops_per_device.",
+            jax.devices()[0].device_kind,
+        )
+    profiler = accounting.Profiler(
+        os.path.join(workdir, "profile"), start_step + 1, config.profile_steps
+    )
+    cleanup.callback(profiler.stop)
     done = start_step
     for step in range(start_step, end_step):
         batch = next(train_iter)
+        profiler.before_step(step)
         state, step_metrics = p_train_step(state, batch)
+        profiler.after_step(step + 1, state)
         history.append(step_metrics)
         done = step + 1
         stopping = stop.should_stop(done)  # A Python flag; a collective every N steps multi-host.
@@ -509,6 +561,8 @@ def _train_and_evaluate(
                     )
             tps, eta = progress.update(done, summary.pop("tokens"))
             summary["tokens_per_second"] = tps
+            if peak:
+                summary["mfu"] = flops_per_step * progress.steps_per_second / peak
             writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
             metrics_lib.log_progress(done, config.total_steps, summary, tps, eta)
             writer.flush()
@@ -518,6 +572,8 @@ def _train_and_evaluate(
             )
             writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
             write_results(workdir, config.dataset.eval_split, done, eval_metrics, details)
+            if details.get("samples"):  # Decoded eval examples (seq2seq): a few, as text.
+                writer.write_texts(done, {"eval/samples": samples_markdown(details["samples"])})
             logging.info(
                 "eval at step %d: %s",
                 done,
@@ -525,20 +581,20 @@ def _train_and_evaluate(
             )
             if best is not None:
                 try:
-                    improved = best.update(done, eval_metrics, parallel.unreplicate(state.params))
+                    improved = best.update(done, eval_metrics, par.to_host(state.params))
                 except KeyError as e:
                     raise config_lib.ConfigError(e.args[0]) from None
                 if improved:
                     logging.info("New best %s=%.4f at step %d", best.metric, best.value, done)
         if generator is not None and (done % config.sample_every_steps == 0 or last):
-            write_samples(generator, parallel.unreplicate(state.params), config, writer, done)
+            write_samples(generator, par.to_host(state.params), config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last or stopping:
             # Between log intervals, fetch the steps' flags: never save after a bad step.
             if history and stop_policy and (bad := metrics_lib.first_nonfinite(history)) >= 0:
                 raise metrics_lib.nonfinite_error(
                     done - len(history) + 1 + bad, last_saved, str(checkpointer.directory)
                 )
-            checkpointer.save(done, parallel.unreplicate(state), train_iter)
+            checkpointer.save(done, par.to_host(state), train_iter)
             last_saved = done
         if stopping:
             checkpointer.wait()

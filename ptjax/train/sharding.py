@@ -1,0 +1,119 @@
+"""Where each array lives on a (data, fsdp, tensor) device mesh: the one place for the rules.
+
+Parameters are matched by their path to *logical* axes (embed, heads, mlp, vocab, ...), and
+logical axes map to mesh axes: FSDP shards the model width (`embed`), tensor parallelism shards
+attention heads, the feed-forward width and the vocabulary; batches are split over data x fsdp.
+The rules match the end of a path, so the optimizer state's moments (whose paths end with their
+parameter's) are sharded like their parameters. A dimension that does not divide over its mesh
+axis is replicated instead; anything no rule names (norms, output biases, T5's relative
+position tables, step counters) is replicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Parameter path (a regex searched in "a/b/c") -> logical axis of each dimension.
+PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"(query|key|value)/kernel$", ("embed", "heads", "kv")),  # [d_model, heads, head_dim]
+    (r"(query|key|value)/bias$", ("heads", "kv")),
+    (r"(attn|attention)/out/kernel$", ("heads", "kv", "embed")),  # [heads, head_dim, d_model]
+    (r"/wi(_0|_1)?/kernel$", ("embed", "mlp")),  # [d_model, d_ff]
+    (r"/wi(_0|_1)?/bias$", ("mlp",)),
+    (r"/wo/kernel$", ("mlp", "embed")),  # [d_ff, d_model]
+    (r"(wte|word_embeddings|shared)/embedding$", ("vocab", "embed")),  # [vocab, d_model]
+    (r"(wpe|position_embeddings|token_type_embeddings)/embedding$", (None, "embed")),
+    (r"lm_head/kernel$", ("embed", "vocab")),
+)
+
+# Logical axis -> mesh axis (None: replicated).
+LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "embed": "fsdp",
+    "heads": "tensor",
+    "mlp": "tensor",
+    "vocab": "tensor",
+    "kv": None,
+}
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh) -> Iterator[None]:
+    """While a step is traced: the model's activation constraints (`layers.constrain_batch`)
+    resolve logical axes by LOGICAL_RULES on `mesh`."""
+    rules = tuple((k, v) for k, v in LOGICAL_RULES.items())
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh of `shape` over `devices` (default: all devices)."""
+    devices = list(devices or jax.devices())
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(
+            f"Mesh shape {tuple(shape)} (data, fsdp, tensor) needs {int(np.prod(shape))} "
+            f"devices; there are {len(devices)}."
+        )
+    return Mesh(np.array(devices).reshape(shape), MESH_AXES)
+
+
+def _axis_size(mesh: Mesh, axis: str | tuple[str, ...] | None) -> int:
+    if axis is None:
+        return 1
+    names = (axis,) if isinstance(axis, str) else axis
+    return int(np.prod([mesh.shape[n] for n in names]))
+
+
+def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
+    """The logical axes of the array at `path` ('a/b/c'): the first matching rule's, else none."""
+    for pattern, axes in PARAM_RULES:
+        if re.search(pattern, path) and len(axes) == ndim:
+            return axes
+    return (None,) * ndim
+
+
+def partition_spec(path: str, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Mesh axes of each dimension; a dimension that does not divide is replicated."""
+    spec = []
+    for size, logical in zip(shape, logical_axes(path, len(shape)), strict=True):
+        axis = LOGICAL_RULES.get(logical) if logical else None
+        spec.append(axis if axis is not None and size % _axis_size(mesh, axis) == 0 else None)
+    return PartitionSpec(*spec)
+
+
+def _path_string(path: tuple) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def tree_shardings(tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs: a TrainState,
+    params, ...) by the rules above."""
+
+    def one(path: tuple, leaf: Any) -> NamedSharding:
+        spec = partition_spec(_path_string(path), np.shape(leaf), mesh)
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows of a global batch [global_batch, ...] split over the data and fsdp axes."""
+    return NamedSharding(mesh, PartitionSpec(LOGICAL_RULES["batch"]))
