@@ -63,11 +63,41 @@ def test_en_es_fine_tuning_from_the_pretrained_run(pretrained, data_dir, tmp_pat
         samples = json.load(f)["samples"]
     assert len(samples) == 10 and all(s["references"][0] for s in samples)  # Spanish verses.
     assert {f"eval/{n}" for n in names} <= set(read_scalars(workdir))
+    texts = _read_texts(workdir)  # A few decoded examples in TensorBoard's text plugin.
+    assert samples[0]["prediction"] in texts["eval/samples"][4]
+    assert samples[0]["references"][0] in texts["eval/samples"][4]
+    # generate.py's Generator reads the T5 run: prompts are encoder inputs with the run's prefix.
+    from ptjax.decoding.generator import Generator
+
+    gen = Generator.from_workdir(workdir)
+    assert gen.encoder_decoder and gen.input_prefix == "translate English to Spanish: "
+    ids = gen.encode_prompts(["In the beginning", "translate English to Spanish: In the beginning"])
+    assert ids[0] == ids[1] and ids[0][-1] == gen.tokenizer.eos_id
+    out = gen.generate(["In the beginning", "And God said"], max_new_tokens=6)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    assert gen.generate(["In the beginning", "And God said"], max_new_tokens=6) == out
     # The model holds the tokenizer's 400 pieces plus 100 sentinel ids.
     from ptjax.train.checkpoint import restore_params
 
     params = restore_params(workdir, _abstract(config))
     assert params["shared"]["embedding"].shape[0] == 500
+
+
+def _read_texts(workdir):
+    """{tag: {step: text}} of the run's TensorBoard text summaries."""
+    import glob
+
+    from ptjax.data.tf_setup import import_tf
+
+    tf = import_tf()
+    out = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "text":
+                    text = tf.make_ndarray(value.tensor).item().decode("utf-8")
+                    out.setdefault(value.tag, {})[event.step] = text
+    return out
 
 
 def _abstract(config):

@@ -3,6 +3,12 @@
 from ptjax.decoding import Generator
 gen = Generator.from_workdir("runs/demo")
 print(gen.generate(["In the beginning"], max_new_tokens=40, temperature=0.8, top_p=0.9))
+
+A causal LM (GPT) continues each prompt, which starts a new document (EOS, then its pieces). An
+encoder-decoder (T5) reads each prompt as its encoder input (its pieces, then EOS, as the seq2seq
+pipeline makes them) and writes the output text; a run fine-tuned on a dataset with an inputs
+prefix ("translate English to Spanish: ", "summarize: ") gets it put before every prompt that
+lacks it (`input_prefix`), as in training.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 
 from ptjax import models
 from ptjax.config import load_run_config
-from ptjax.data.tokenizer import Tokenizer, check_vocab
+from ptjax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer, tokenizer_file
 from ptjax.decoding.search import DecodeConfig, beam_search, sample
 from ptjax.train import parallel
 from ptjax.train.checkpoint import restore_params
@@ -37,8 +43,21 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int) -> tuple[np
     return tokens, mask
 
 
+def run_input_prefix(config: Any) -> str:
+    """The text a seq2seq run's dataset puts before every input ('' for other runs)."""
+    if config.task != "seq2seq":
+        return ""
+    from ptjax.data import corpora, seq2seq_pipeline
+
+    if seq2seq_pipeline.option(config, "inputs_key") or seq2seq_pipeline.is_qa(config):
+        return ""  # Chosen fields get no prefix; QA inputs are "question: ... context: ...".
+    known = seq2seq_pipeline.KNOWN_PAIRS.get(corpora.base_name(config.dataset.name))
+    return known.prefix if known else ""
+
+
 class Generator:
-    """Decodes a causal LM over all local devices (the batch is split between them)."""
+    """Decodes a causal LM or an encoder-decoder over all local devices (the batch is split
+    between them)."""
 
     def __init__(
         self,
@@ -47,12 +66,23 @@ class Generator:
         tokenizer: Tokenizer,
         family: models.ModelFamily | None = None,
         devices: Sequence[Any] | None = None,
+        input_prefix: str = "",
     ):
         self.model = model
+        # T5's module has an encoder; its prompts are encoder inputs, not a text to continue.
+        self.encoder_decoder = hasattr(model, "encode")
+        self.input_prefix = input_prefix
         self.family = family or models.MODELS["gpt"]
         self.tokenizer = tokenizer
         self.params = params
-        check_vocab(tokenizer, model.config.vocab_size)
+        if not self.encoder_decoder:
+            check_vocab(tokenizer, model.config.vocab_size)
+        elif tokenizer.vocab_size > model.config.vocab_size:  # T5 may hold sentinels beyond.
+            raise ValueError(
+                f"Tokenizer {getattr(tokenizer, 'path', '')!r} has {tokenizer.vocab_size} pieces, "
+                f"more than the model's vocab_size={model.config.vocab_size}; use the run's own "
+                "tokenizer."
+            )
         self._devices = list(devices or jax.local_devices())
         self._replicated = None
 
@@ -65,8 +95,8 @@ class Generator:
     def from_workdir(cls, workdir: str, checkpoint: str | None = None) -> Generator:
         """The latest checkpoint of a run (or `checkpoint`, a step directory) and its tokenizer."""
         config = load_run_config(workdir)
-        tokenizer_path = config.tokenizer.path or os.path.join(workdir, "tokenizer", "spm.model")
-        tokenizer = Tokenizer(tokenizer_path)
+        tokenizer_path = config.tokenizer.path or tokenizer_file(os.path.join(workdir, "tokenizer"))
+        tokenizer = load_tokenizer(tokenizer_path)
         model, _ = models.build(config, tokenizer.vocab_size)
         family = models.MODELS[config.model.family]
         if family.decode_fns is None:
@@ -76,10 +106,15 @@ class Generator:
             lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, dummy)["params"]
         )
         params = restore_params(checkpoint or workdir, abstract)
-        return cls(model, params, tokenizer, family)
+        return cls(model, params, tokenizer, family, input_prefix=run_input_prefix(config))
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Each prompt as a new document: EOS (the document separator) then its pieces."""
+        """A causal LM's prompts as new documents (EOS, the document separator, then the
+        pieces); an encoder-decoder's as encoder inputs (input_prefix, pieces, EOS)."""
+        if self.encoder_decoder:
+            prefix = self.input_prefix
+            texts = [p if p.startswith(prefix) else prefix + p for p in prompts]
+            return [ids + [self.tokenizer.eos_id] for ids in self.tokenizer.encode_batch(texts)]
         return [[self.tokenizer.eos_id] + ids for ids in self.tokenizer.encode_batch(prompts)]
 
     def generate_ids(
@@ -91,7 +126,13 @@ class Generator:
         longest = max(len(p) for p in prompt_ids)
         if longest == 0:
             raise ValueError("Every prompt is empty; give at least one token.")
-        if longest + cfg.max_new_tokens > self.model.config.max_len:
+        max_len = self.model.config.max_len
+        if self.encoder_decoder and max(longest, cfg.max_new_tokens) > max_len:
+            raise ValueError(
+                f"An input of {longest} tokens or max_new_tokens={cfg.max_new_tokens} exceeds "
+                f"the model's limit of {max_len} positions."
+            )
+        if not self.encoder_decoder and longest + cfg.max_new_tokens > max_len:
             raise ValueError(
                 f"A prompt of {longest} tokens plus max_new_tokens={cfg.max_new_tokens} exceeds "
                 f"the model's {self.model.config.max_len} positions."
@@ -142,7 +183,8 @@ class Generator:
             pad_id=self.tokenizer.pad_id,
         )
         ids = self.generate_ids(self.encode_prompts(prompts), cfg, seed)
-        return [self.tokenizer.decode(row) for row in ids]
+        pieces = self.tokenizer.vocab_size  # T5's sentinel ids above the pieces have no text.
+        return [self.tokenizer.decode([t for t in row if t < pieces]) for row in ids]
 
     def _params_on(self, n_dev: int) -> Any:
         """The parameters on the first n_dev devices, copied there once."""
