@@ -24,7 +24,9 @@ FLOATS = sorted(k for k, v in SCHEMA.items() if type(v) is float)
 GROUPS = sorted({k.rsplit(".", 1)[0] for k in SCHEMA if "." in k})
 # Keys that valid extra overrides may set, mixed in with the invalid ones.
 HARMLESS = {"log_every_steps": (1, 100), "seed": (0, 10_000), "eval_every_steps": (1, 1000)}
-EXAMPLES = 400
+# Random configs per run of the suite; PTJAX_FUZZ_EXAMPLES=2000 for a deeper search (the
+# examples are derandomized, so a given count always tries the same configs).
+EXAMPLES = int(os.environ.get("PTJAX_FUZZ_EXAMPLES", "200"))
 
 data_dir = e2e.data_dir  # The e2e module's fixtures, set up once for this module too.
 tokenizer_file = e2e.tokenizer_file
