@@ -258,26 +258,33 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     return config, model, model_config, family, params, state_rng
 
 
-def _hf_gpt2_config(cfg: dict[str, Any], attention: str) -> Any:
-    """transformers' GPT2Config of ptjax's GPT hyper-parameters (`cfg`, as a dict)."""
+# The baseline of each family: transformers' class of the same shape, its config.json written
+# by ptjax.interop (the one place that maps ptjax's hyper-parameters to Hugging Face's).
+HF_ARCHITECTURES = {
+    "gpt": "GPT2LMHeadModel",
+    "bert": "BertForMaskedLM",
+    "t5": "T5ForConditionalGeneration",
+}
+
+
+def _hf_model(opts: Options, cfg: dict[str, Any]) -> Any:
+    """transformers' model of ptjax's hyper-parameters `cfg` (the worker's model config)."""
     import transformers
 
-    return transformers.GPT2Config(
-        vocab_size=cfg["vocab_size"],
-        n_positions=cfg["max_len"],
-        n_embd=cfg["d_model"],
-        n_layer=cfg["num_layers"],
-        n_head=cfg["num_heads"],
-        n_inner=cfg["d_ff"],
-        activation_function="gelu_new",  # The tanh GELU, as ptjax's GPT.
-        resid_pdrop=cfg["dropout_rate"],
-        embd_pdrop=cfg["dropout_rate"],
-        attn_pdrop=cfg["dropout_rate"],
-        layer_norm_epsilon=cfg["layer_norm_eps"],
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation=attention,
-    )
+    from ptjax import models
+    from ptjax.interop import hf_bert, hf_gpt2, hf_t5
+
+    ours = models.MODELS[opts.model].config_class(**cfg)
+    arch = HF_ARCHITECTURES[opts.model]
+    if opts.model == "gpt":
+        config_json = hf_gpt2.hf_config(ours, arch, eos_id=0)
+    elif opts.model == "bert":
+        config_json = hf_bert.hf_config(ours, arch)
+    else:
+        config_json = hf_t5.hf_config(ours, arch)
+    model_class = getattr(transformers, arch)
+    config = model_class.config_class.from_dict(config_json, attn_implementation=opts.hf_attention)
+    return model_class(config)
 
 
 class _PtjaxSide:
@@ -388,7 +395,7 @@ class _HFSide:
         torch.set_num_threads(threads)
         torch.manual_seed(opts.seed)
         cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
-        self.model = transformers.GPT2LMHeadModel(_hf_gpt2_config(cfg, opts.hf_attention))
+        self.model = _hf_model(opts, cfg)
         self.model.train()
         self.optimizer = _torch_adamw(
             self.model, opt, lambda name: name.endswith(("wte.weight", "wpe.weight"))
@@ -457,21 +464,7 @@ class _HFBertSide:
         torch.set_num_threads(threads)
         torch.manual_seed(opts.seed)
         cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
-        config = transformers.BertConfig(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["d_model"],
-            num_hidden_layers=cfg["num_layers"],
-            num_attention_heads=cfg["num_heads"],
-            intermediate_size=cfg["d_ff"],
-            max_position_embeddings=cfg["max_len"],
-            type_vocab_size=cfg["type_vocab_size"],
-            hidden_dropout_prob=cfg["dropout_rate"],
-            attention_probs_dropout_prob=cfg["dropout_rate"],
-            layer_norm_eps=cfg["layer_norm_eps"],
-            hidden_act="gelu",  # The exact (erf) GELU, as ptjax's BERT.
-            attn_implementation=opts.hf_attention,
-        )
-        self.model = transformers.BertForMaskedLM(config)
+        self.model = _hf_model(opts, cfg)
         self.model.train()
         self.optimizer = _torch_adamw(self.model, opt, lambda name: "embeddings" in name)
         self.clip = opt["grad_clip_norm"]
@@ -582,7 +575,8 @@ class _PtjaxGenerateSide:
 
 
 class _HFGenerateSide:
-    """transformers' `GPT2LMHeadModel.generate`: greedy, use_cache=True, the same shape."""
+    """transformers' `generate` of the same model (GPT-2, or T5 from its encoder inputs):
+    greedy, use_cache=True, every new token forced (no stop on EOS)."""
 
     def __init__(self, opts: Options, threads: int, setup: dict[str, Any]):
         import torch
@@ -591,8 +585,9 @@ class _HFGenerateSide:
         torch.set_num_threads(threads)
         torch.manual_seed(opts.seed)
         cfg = setup["model_config"]
-        config = _hf_gpt2_config(cfg, opts.hf_attention)
-        self.model = transformers.GPT2LMHeadModel(config).eval()
+        self.model = _hf_model(opts, cfg).eval()
+        config = self.model.config
+        pad_id = config.eos_token_id if opts.model == "gpt" else config.pad_token_id
         self.generation = transformers.GenerationConfig(
             max_new_tokens=opts.max_new_tokens,
             min_new_tokens=opts.max_new_tokens,  # As ptjax's side: no early stop on EOS.
@@ -600,8 +595,11 @@ class _HFGenerateSide:
             num_beams=1,
             use_cache=True,
             eos_token_id=config.eos_token_id,
-            pad_token_id=config.eos_token_id,
+            pad_token_id=pad_id,
+            decoder_start_token_id=getattr(config, "decoder_start_token_id", None),
         )
+        # A decoder-only output holds the prompt; T5's starts with the decoder start token.
+        self.skip = opts.prompt_len if opts.model == "gpt" else 1
         self.torch = torch
         self.prompts = [
             torch.from_numpy(_prompts(opts, setup["rows"], cfg["vocab_size"], opts.seed + k))
@@ -610,7 +608,7 @@ class _HFGenerateSide:
         self.mask = torch.ones_like(self.prompts[0])
         self.max_new_tokens = opts.max_new_tokens
         self.info = {
-            "name": f"HF GPT2 generate ({opts.hf_attention})",
+            "name": f"HF {'GPT2' if opts.model == 'gpt' else 'T5'} generate ({opts.hf_attention})",
             "rows": setup["rows"],
             "parameters": int(sum(p.numel() for p in self.model.parameters())),
             "torch": torch.__version__,
@@ -624,7 +622,7 @@ class _HFGenerateSide:
             out = self.model.generate(
                 input_ids=prompt, attention_mask=self.mask, generation_config=self.generation
             )
-        self.new_tokens = (out.shape[1] - prompt.shape[1]) * out.shape[0]
+        self.new_tokens = (out.shape[1] - self.skip) * out.shape[0]
 
     def finish(self) -> None:
         expected = self.info["rows"] * self.max_new_tokens
@@ -633,31 +631,6 @@ class _HFGenerateSide:
         self.last_loss = None  # Decoding has no loss.
 
     matmul_flops = _HFSide.matmul_flops
-
-
-def _hf_t5_config(cfg: dict[str, Any], attention: str) -> Any:
-    """transformers' T5Config of ptjax's T5 hyper-parameters (`cfg`, as a dict)."""
-    import transformers
-
-    return transformers.T5Config(
-        vocab_size=cfg["vocab_size"],
-        d_model=cfg["d_model"],
-        d_kv=cfg["d_kv"],
-        d_ff=cfg["d_ff"],
-        num_layers=cfg["num_layers"],
-        num_decoder_layers=cfg["num_decoder_layers"],
-        num_heads=cfg["num_heads"],
-        relative_attention_num_buckets=cfg["relative_attention_num_buckets"],
-        relative_attention_max_distance=cfg["relative_attention_max_distance"],
-        dropout_rate=cfg["dropout_rate"],
-        layer_norm_epsilon=cfg["layer_norm_eps"],
-        feed_forward_proj=cfg["feed_forward"],
-        tie_word_embeddings=cfg["tie_word_embeddings"],
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-        attn_implementation=attention,
-    )
 
 
 class _HFT5Side:
@@ -670,7 +643,7 @@ class _HFT5Side:
         torch.set_num_threads(threads)
         torch.manual_seed(opts.seed)
         cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
-        self.model = transformers.T5ForConditionalGeneration(_hf_t5_config(cfg, opts.hf_attention))
+        self.model = _hf_model(opts, cfg)
         self.model.train()
         self.optimizer = _torch_adamw(self.model, opt, lambda name: "shared" in name)
         self.clip = opt["grad_clip_norm"]
@@ -699,54 +672,6 @@ class _HFT5Side:
     matmul_flops = _HFSide.matmul_flops
 
 
-class _HFT5GenerateSide(_HFGenerateSide):
-    """`T5ForConditionalGeneration.generate`: greedy, use_cache=True, the same shape."""
-
-    def __init__(self, opts: Options, threads: int, setup: dict[str, Any]):
-        import torch
-        import transformers
-
-        torch.set_num_threads(threads)
-        torch.manual_seed(opts.seed)
-        cfg = setup["model_config"]
-        config = _hf_t5_config(cfg, opts.hf_attention)
-        self.model = transformers.T5ForConditionalGeneration(config).eval()
-        self.generation = transformers.GenerationConfig(
-            max_new_tokens=opts.max_new_tokens,
-            min_new_tokens=opts.max_new_tokens,  # As ptjax's side: no early stop on EOS.
-            do_sample=False,
-            num_beams=1,
-            use_cache=True,
-            decoder_start_token_id=0,
-            eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id,
-        )
-        self.torch = torch
-        self.prompts = [
-            torch.from_numpy(_prompts(opts, setup["rows"], cfg["vocab_size"], opts.seed + k))
-            for k in range(4)
-        ]
-        self.mask = torch.ones_like(self.prompts[0])
-        self.max_new_tokens = opts.max_new_tokens
-        self.info = {
-            "name": f"HF T5 generate ({opts.hf_attention})",
-            "rows": setup["rows"],
-            "parameters": int(sum(p.numel() for p in self.model.parameters())),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads(),
-        }
-
-    def step(self, i: int) -> None:
-        prompt = self.prompts[i % len(self.prompts)]
-        with self.torch.inference_mode():
-            out = self.model.generate(
-                input_ids=prompt, attention_mask=self.mask, generation_config=self.generation
-            )
-        # The output starts with the decoder start token, then the new tokens.
-        self.new_tokens = (out.shape[1] - 1) * out.shape[0]
-
-
 SIDES = {
     ("train", "ptjax"): _PtjaxSide,
     ("train", "hf"): _HFSide,
@@ -754,7 +679,7 @@ SIDES = {
     ("train", "hf-t5"): _HFT5Side,
     ("generate", "ptjax"): _PtjaxGenerateSide,
     ("generate", "hf"): _HFGenerateSide,
-    ("generate", "hf-t5"): _HFT5GenerateSide,
+    ("generate", "hf-t5"): _HFGenerateSide,
 }
 
 
