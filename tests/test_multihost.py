@@ -1,0 +1,234 @@
+"""Multi-host for real: 2 local CPU processes x 4 fake devices against 1 process x 8 devices.
+
+Each run is the real trainer (`trainer.train_and_evaluate`) on the tiny GPT, dropout on, in its
+own process; two-process runs join with `jax.distributed` (coordinator on 127.0.0.1, gloo
+collectives). Their per-step train losses, read back from TensorBoard, must equal the
+one-process run's, in pmap and in mesh mode, and a two-process run stopped after 3 steps must
+resume in one process and go on with the uninterrupted run's losses.
+
+The only stand-in is the data: ptjax's pipeline gives each process its own shard of the corpus,
+so 2 processes and 1 process see different batches. Here every process reads the 1-process
+stream of global batches and keeps its own devices' rows, so both layouts train on the same
+global batches and their losses can be compared step by step.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import test_train_e2e as e2e
+from test_train_e2e import read_scalars
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+STOP = 3  # The interrupted runs stop (with a checkpoint) after this many steps.
+RTOL = 1e-5  # float32 round-off: the psum's order differs across processes.
+
+data_dir = e2e.data_dir  # The e2e module's fixtures: one corpus and tokenizer for this module.
+tokenizer_file = e2e.tokenizer_file
+
+
+def config_changes(mode):
+    """tiny_config's changes for every run: 8 rows of 32 tokens a step, eval once at the end."""
+    changes = {
+        "total_steps": STEPS,
+        "eval_every_steps": 1000,
+        "checkpoint_every_steps": 1000,
+        "keep_checkpoints": 3,
+        "dataset.max_eval_batches": 1,
+        "sample_every_steps": 0,
+        "parallelism.mode": mode,
+    }
+    return changes
+
+
+class GlobalStreamSlice:
+    """This process's rows of the 1-process pipeline's global batches [8, rows, ...].
+
+    Every process saves the global stream's position, so process 0's copy resumes a run of
+    any process count in one process.
+    """
+
+    def __init__(self, inner, process_index, local_devices):
+        self._inner = inner
+        self._rows = slice(process_index * local_devices, (process_index + 1) * local_devices)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return {k: v[self._rows] for k, v in next(self._inner).items()}
+
+    def save(self, directory):
+        return self._inner.save(directory)
+
+    def restore(self, directory):
+        self._inner.restore(directory)
+
+
+def worker(index, count, port, workdir, data_dir, tokenizer_file, changes, stop_after):
+    """One process of a run (the children's entry point, below)."""
+    import logging
+
+    import jax
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(relativeCreated)6.0fms %(message)s", force=True
+    )
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if count > 1:
+        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=count, process_id=index)
+    from ptjax.tasks.causal_lm import CausalLM
+    from ptjax.train import trainer
+
+    original = CausalLM.train_batches
+
+    def train_batches(self, config, tokenizer, **kwargs):
+        local = kwargs["local_device_count"]
+        every = dict(kwargs, process_index=0, process_count=1, local_device_count=local * count)
+        return GlobalStreamSlice(original(self, config, tokenizer, **every), index, local)
+
+    CausalLM.train_batches = train_batches
+    config = e2e.tiny_config(data_dir, tokenizer_file, **changes)
+    assert jax.device_count() == 8, jax.devices()
+    trainer.train_and_evaluate(config, workdir, stop_after_steps=stop_after)
+    if count > 1:
+        jax.distributed.shutdown()
+
+
+class Run:
+    """One run of `processes` x `8 / processes` CPU devices, its processes started now; their
+    output goes to log files next to the workdir."""
+
+    def __init__(self, workdir, processes, mode, data_dir, tokenizer_file, stop_after=None):
+        self.workdir = workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(
+            os.environ,
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+            JAX_PLATFORMS="cpu",
+            PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]),
+            # The resumed runs reuse the compiled steps of the runs before them.
+            JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(workdir), "jax_cache"),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        )
+        args = [workdir, data_dir, tokenizer_file, json.dumps(config_changes(mode))]
+        name = f"{workdir}.{processes}x{8 // processes}.{stop_after or 'end'}"
+        self.logs = [f"{name}.process{i}.log" for i in range(processes)]
+        self.processes = []
+        for i, log in enumerate(self.logs):
+            with open(log, "w") as out:
+                command = [sys.executable, __file__, str(i), str(processes), str(port), *args]
+                self.processes.append(
+                    subprocess.Popen(
+                        [*command, str(stop_after or 0)],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+
+    def finish(self, timeout=240):
+        """Waits for every process; one failing stops the others (their collectives would
+        wait for it). Returns the run's train losses {step: loss} from TensorBoard."""
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in self.processes):
+            failed = any(p.poll() for p in self.processes)
+            if failed or time.monotonic() > deadline:
+                time.sleep(0 if time.monotonic() > deadline else 5)
+                for p in self.processes:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                break
+            time.sleep(0.1)
+        codes = [p.returncode for p in self.processes]
+        if codes != [0] * len(codes):
+            tails = []
+            for log in self.logs:
+                with open(log) as f:
+                    tails.append(f"{log}:\n" + f.read()[-4000:])
+            pytest.fail(f"exit codes {codes}\n" + "\n\n".join(tails))
+        return read_scalars(self.workdir)["train/loss"]
+
+
+def events_files(workdir):
+    return [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir, tokenizer_file):
+    """Every run of the module, as many at a time as can be; {name: {step: train loss}}.
+
+    In each mode: 1 x 8 for 6 steps; 2 x 4 for 3 steps, then resumed by 1 x 8 in its workdir.
+    """
+    root = tmp_path_factory.mktemp("multihost")
+    start = time.monotonic()
+
+    def run(mode, processes, workdir, stop_after=None):
+        return Run(str(root / workdir), processes, mode, data_dir, tokenizer_file, stop_after)
+
+    # All four started together; the shorter 2-process runs are waited for first.
+    first = {f"{mode} 2x4": run(mode, 2, f"{mode}_2_then_1", STOP) for mode in ("pmap", "mesh")}
+    first.update({f"{mode} 1x8": run(mode, 1, mode) for mode in ("pmap", "mesh")})
+    out, events, resumed = {}, {}, {}
+    for name, started in first.items():
+        out[name] = started.finish()
+        events[name] = events_files(started.workdir)
+        if name.endswith("2x4"):  # The 2-process run's checkpoint goes on in 1 process.
+            mode = name.split()[0]
+            resumed[f"{name} then 1x8"] = run(mode, 1, f"{mode}_2_then_1")
+    for name, started in resumed.items():
+        out[name] = started.finish()
+        events[name] = events_files(started.workdir)
+    out["events"] = events
+    print(f"\n6 runs of the trainer (8 processes) in {time.monotonic() - start:.0f}s")
+    return out
+
+
+def assert_same_losses(losses, reference, steps):
+    assert set(steps) <= set(losses), sorted(losses)
+    got = np.array([losses[s] for s in steps])
+    want = np.array([reference[s] for s in steps])
+    np.testing.assert_allclose(got, want, rtol=RTOL, err_msg=f"steps {list(steps)}")
+
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_two_processes_train_like_one(runs, mode):
+    assert sorted(runs[f"{mode} 1x8"]) == list(range(1, STEPS + 1))
+    assert sorted(runs[f"{mode} 2x4"]) == list(range(1, STOP + 1))
+    assert_same_losses(runs[f"{mode} 2x4"], runs[f"{mode} 1x8"], range(1, STOP + 1))
+
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_two_process_checkpoint_resumes_in_one_process(runs, mode):
+    """Steps 1-3 on 2 x 4 devices, 4-6 on 1 x 8 from its checkpoint: the losses of 1 x 8."""
+    resumed = runs[f"{mode} 2x4 then 1x8"]
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert_same_losses(resumed, runs[f"{mode} 1x8"], range(1, STEPS + 1))
+
+
+def test_only_process_zero_writes_tensorboard(runs):
+    """One events file per invocation: process 1 of a 2-process run writes none."""
+    counts = {name: len(files) for name, files in runs["events"].items()}
+    assert counts == {
+        "pmap 1x8": 1,
+        "pmap 2x4": 1,
+        "pmap 2x4 then 1x8": 2,
+        "mesh 1x8": 1,
+        "mesh 2x4": 1,
+        "mesh 2x4 then 1x8": 2,
+    }
+
+
+if __name__ == "__main__":
+    index, count, port, workdir, data, spm, changes, stop = sys.argv[1:]
+    worker(int(index), int(count), port, workdir, data, spm, json.loads(changes), int(stop) or None)
