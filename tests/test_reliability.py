@@ -507,3 +507,22 @@ def test_enormous_and_empty_lines_are_skipped_and_counted(tmp_path, monkeypatch)
     too_long = [0]
     assert list(corpora.read_documents([str(big)], "file", None, too_long)) == []
     assert too_long == [1]
+
+
+def test_a_checkpoint_of_another_process_count_is_refused_by_name(six_steps, tmp_path):
+    """Input-pipeline positions are per process: a run with another process count is told so
+    (not that the files are damaged), and nothing is changed."""
+    from ptjax.train.checkpoint import CheckpointMismatchError
+
+    source, config = six_steps
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(source, workdir)
+    pattern = os.path.join(workdir, "checkpoints", "*", "*", "process_0", "data_iterator-*")
+    saved = glob.glob(pattern)
+    assert saved
+    for path in saved:  # As process 0 of a 2-process run would have written them.
+        os.rename(path, path.replace("process0of1", "process0of2"))
+    before = snapshot(workdir)
+    with pytest.raises(CheckpointMismatchError, match="another number of processes"):
+        trainer.train_and_evaluate(config, workdir)
+    assert snapshot(workdir) == before

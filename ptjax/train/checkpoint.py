@@ -60,12 +60,25 @@ class DataIteratorHandler(ocp.CheckpointHandler):
 
     def restore(self, directory: epath.Path, args: DataIteratorRestore) -> Any:
         path = directory / f"process_{jax.process_index()}"
+        saved = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+        layout = (
+            f"{directory} holds the input-pipeline positions of another number of processes "
+            f"({', '.join(saved) or 'none'}; this run is process {jax.process_index()} of "
+            f"{jax.process_count()}). A run's data order is fixed by its process count: resume "
+            "it with the same number of processes, or start a new run from these parameters "
+            "with --config.init_checkpoint=<that step directory>. Nothing was changed."
+        )
         if not path.exists():
-            raise FileNotFoundError(
-                f"No input-pipeline state for process {jax.process_index()} in {directory}; "
-                "was this checkpoint written with a different number of processes?"
-            )
-        args.iterator.restore(os.fspath(path))
+            if saved:
+                raise CheckpointMismatchError(layout)
+            raise FileNotFoundError(f"No input-pipeline state in {directory}.")
+        try:
+            args.iterator.restore(os.fspath(path))
+        except FileNotFoundError:
+            names = [p.name for p in path.iterdir()] if path.exists() else []
+            if any(n.startswith("data_iterator-process") for n in names):
+                raise CheckpointMismatchError(layout) from None
+            raise
         return args.iterator
 
     def metadata(self, directory: epath.Path) -> None:
