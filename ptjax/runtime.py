@@ -19,10 +19,13 @@ _REEXECUTED_VAR = "PTJAX_ENV_TUNED"  # Set on the re-executed process: never re-
 # the block with mmap_max=0 does not work from a thread's arena, and MALLOC_ARENA_MAX=1 trebles
 # the peak memory.) Older glibc ignores the tunable (it needs 2.35).
 TUNED_GLIBC_TUNABLES = (("glibc.malloc.hugetlb", "1"),)
-# XLA:CPU flags. jaxlib 0.10's YNNPACK dot kernels ran the GPT's matmuls 2-4x slower than XLA's
-# Eigen ones on a 2-core AMD EPYC and kept one core idle; an empty fusion-type list turns
-# YNNPACK off.
+# XLA:CPU flags for training. jaxlib 0.10's YNNPACK dot kernels ran the GPT's train-step matmuls
+# 2-4x slower than XLA's Eigen ones on a 2-core AMD EPYC and kept one core idle; an empty
+# fusion-type list turns YNNPACK off. Decoding is the other way round (one token's small
+# matmuls per step): with YNNPACK on, T5 greedy decoding ran 1.6x and GPT's 1.08x faster, so
+# workload='decode' (scripts/generate.py) keeps it.
 TUNED_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+WORKLOADS = ("train", "decode")
 
 # Libraries whose INFO lines drown the training log; their warnings and errors still show.
 _QUIET_LIBRARIES = (
@@ -48,12 +51,17 @@ def quiet_library_logs() -> None:
     logging.getLogger().addFilter(_QuietLibraries())
 
 
-def process_environment(tuned: bool, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`env` (default os.environ) with ptjax's CPU tuning added (tuned) or removed (not tuned).
+def process_environment(
+    tuned: bool, env: Mapping[str, str] | None = None, workload: str = "train"
+) -> dict[str, str]:
+    """`env` (default os.environ) with ptjax's CPU tuning for `workload` ('train': glibc and
+    XLA flags; 'decode': glibc only) added (tuned) or removed (not tuned).
 
     The user's own settings win: a glibc tunable or an XLA flag that `env` already sets is kept
     as it is in both cases; only the values ptjax adds are added or removed.
     """
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload={workload!r} is not one of {WORKLOADS}.")
     env = dict(os.environ if env is None else env)
     tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
     flags = env.get("XLA_FLAGS", "").split()
@@ -64,7 +72,8 @@ def process_environment(tuned: bool, env: Mapping[str, str] | None = None) -> di
         names = {t.partition("=")[0] for t in tunables}
         tunables += [f"{n}={v}" for n, v in TUNED_GLIBC_TUNABLES if n not in names]
         given = {f.partition("=")[0] for f in flags}
-        flags += [f for f in TUNED_XLA_FLAGS if f.partition("=")[0] not in given]
+        if workload == "train":
+            flags += [f for f in TUNED_XLA_FLAGS if f.partition("=")[0] not in given]
     for key, items, sep in (("GLIBC_TUNABLES", tunables, ":"), ("XLA_FLAGS", flags, " ")):
         if items:
             env[key] = sep.join(items)
@@ -73,7 +82,7 @@ def process_environment(tuned: bool, env: Mapping[str, str] | None = None) -> di
     return env
 
 
-def tune_process() -> None:
+def tune_process(workload: str = "train") -> None:
     """Re-executes this script in process_environment(tuned=True) unless it already runs in it.
 
     glibc reads GLIBC_TUNABLES only when a process starts, so an entry point that wants them
@@ -84,7 +93,7 @@ def tune_process() -> None:
         return
     if hasattr(sys, "ps1") or sys.flags.interactive or "ipykernel" in sys.modules:
         return
-    env = process_environment(tuned=True)
+    env = process_environment(tuned=True, workload=workload)
     if all(os.environ.get(k) == env.get(k) for k in ("GLIBC_TUNABLES", "XLA_FLAGS")):
         return
     env[_REEXECUTED_VAR] = "1"
@@ -93,15 +102,16 @@ def tune_process() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def initialize() -> None:
+def initialize(workload: str = "train") -> None:
     """Tunes the process (tune_process), hides accelerators from TensorFlow (tf.data only) and
-    joins a multi-host run if asked.
+    joins a multi-host run if asked. `workload`: 'train', or 'decode' for entry points that
+    mostly generate (process_environment).
 
     On TPU VMs and SLURM/Kubernetes GPU clusters, jax.distributed.initialize() finds its peers
     from the environment; PTJAX_COORDINATOR=host:port with PTJAX_NUM_PROCESSES and
     PTJAX_PROCESS_ID set them explicitly.
     """
-    tune_process()
+    tune_process(workload)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     quiet_library_logs()
     from ptjax.data import tf_setup

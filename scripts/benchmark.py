@@ -780,9 +780,9 @@ class _Worker:
         return message
 
 
-def _environment(setting: str, threads: int) -> dict[str, str]:
+def _environment(setting: str, threads: int, workload: str = "train") -> dict[str, str]:
     """The workers' environment: as given ('off') or tuned ('on'); the same threads either way."""
-    env = runtime.process_environment(tuned=setting == "on")
+    env = runtime.process_environment(tuned=setting == "on", workload=workload)
     env[runtime.NO_TUNING_VAR] = "1"  # The workers never re-execute themselves.
     env["OMP_NUM_THREADS"] = str(threads)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -806,7 +806,8 @@ def run_benchmark(opts: Options, log: Callable[[str], None] = print) -> dict[str
     try:
         # Started one at a time, so that compile and warm-up times are not shared.
         for setting in settings:
-            env = _environment(setting, threads)
+            workload = "decode" if opts.what == "generate" else "train"
+            env = _environment(setting, threads, workload)
             for side in sides:
                 key = (setting, side)
                 log(f"starting {side} worker ({setting} environment tuning)")
@@ -865,7 +866,7 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
         "baseline": opts.baseline if opts.baseline == "none" else f"hf-{opts.hf_attention}",
         "tuned_environment": {
             "GLIBC_TUNABLES": ":".join(f"{n}={v}" for n, v in runtime.TUNED_GLIBC_TUNABLES),
-            "XLA_FLAGS": " ".join(runtime.TUNED_XLA_FLAGS),
+            "XLA_FLAGS": " ".join(runtime.TUNED_XLA_FLAGS) if opts.what == "train" else "",
         },
         "settings": {},
     }

@@ -44,7 +44,7 @@ def read_prompts() -> list[str]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize()
+    runtime.initialize(workload="decode")  # XLA:CPU tuned for small per-token matmuls.
     from ptjax.decoding.generator import Generator
     from ptjax.train import trainer
 

@@ -105,6 +105,9 @@ def test_tuning_is_added_and_removed_keeping_the_users_settings():
     assert "GLIBC_TUNABLES" not in runtime.process_environment(
         tuned=False, env=dict(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
     )
+    # Decoding keeps XLA's YNNPACK kernels (faster for per-token matmuls): glibc tuning only.
+    decode = runtime.process_environment(tuned=True, env=user, workload="decode")
+    assert decode["XLA_FLAGS"] == "--xla_foo=1" and "hugetlb=1" in decode["GLIBC_TUNABLES"]
     # A setting the user made wins over ptjax's.
     mine = runtime.process_environment(tuned=True, env={"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
     assert mine["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
