@@ -75,8 +75,13 @@ class DataIteratorHandler(ocp.CheckpointHandler):
         try:
             args.iterator.restore(os.fspath(path))
         except FileNotFoundError:
-            names = [p.name for p in path.iterdir()] if path.exists() else []
-            if any(n.startswith("data_iterator-process") for n in names):
+            # Iterator files of another process count (pipeline.DataIterator names them by
+            # index and count) mean another layout; a missing file of our own, damage.
+            prefix = getattr(args.iterator, "checkpoint_prefix", None)
+            ours = os.path.basename(prefix(os.fspath(path))) + "." if prefix else None
+            names = [p.name for p in path.iterdir()]
+            others = [n for n in names if n.startswith("data_iterator-process")]
+            if ours and others and not any(n.startswith(ours) for n in others):
                 raise CheckpointMismatchError(layout) from None
             raise
         return args.iterator
