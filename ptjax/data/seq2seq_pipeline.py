@@ -557,6 +557,28 @@ def seq2seq_eval_batches(
     return _batches(rows, config, local_device_count).as_numpy_iterator()
 
 
+def _eval_pairs(
+    config: ml_collections.ConfigDict,
+    split: str | None,
+    data_dir: str,
+    process_index: int,
+    process_count: int,
+    local_device_count: int,
+) -> list[dict[str, str]]:
+    """The eval rows' pairs as Python strings, in row order, cut like the batches."""
+    split = config.dataset.eval_split if split is None else split
+    pairs = load_pairs(
+        config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
+    )
+    if config.dataset.max_eval_batches > 0:
+        batch_size = pipeline._global_batch(config, local_device_count)
+        pairs = pairs.take(config.dataset.max_eval_batches * batch_size)
+    return [
+        {key: value.decode("utf-8") for key, value in pair.items()}
+        for pair in pairs.as_numpy_iterator()
+    ]
+
+
 def seq2seq_eval_texts(
     config: ml_collections.ConfigDict,
     *,
@@ -572,18 +594,8 @@ def seq2seq_eval_texts(
     the same arguments; cut like the batches when dataset.max_eval_batches caps them (which is
     why `local_device_count` is needed then).
     """
-    split = config.dataset.eval_split if split is None else split
-    pairs = load_pairs(
-        config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
-    )
-    if config.dataset.max_eval_batches > 0:
-        batch_size = pipeline._global_batch(config, local_device_count)
-        pairs = pairs.take(config.dataset.max_eval_batches * batch_size)
-    inputs, targets = [], []
-    for pair in pairs.as_numpy_iterator():
-        inputs.append(pair["inputs"].decode("utf-8"))
-        targets.append(pair["targets"].decode("utf-8"))
-    return inputs, targets
+    pairs = _eval_pairs(config, split, data_dir, process_index, process_count, local_device_count)
+    return [p["inputs"] for p in pairs], [p["targets"] for p in pairs]
 
 
 def seq2seq_eval_references(
@@ -597,17 +609,8 @@ def seq2seq_eval_references(
 ) -> list[list[str]]:
     """Every gold target of each eval row, in `seq2seq_eval_texts` order (SQuAD's questions
     have several answers; other sets one)."""
-    split = config.dataset.eval_split if split is None else split
-    pairs = load_pairs(
-        config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
-    )
-    if config.dataset.max_eval_batches > 0:
-        batch_size = pipeline._global_batch(config, local_device_count)
-        pairs = pairs.take(config.dataset.max_eval_batches * batch_size)
-    return [
-        pair["references"].decode("utf-8").split(REFERENCE_SEPARATOR)
-        for pair in pairs.as_numpy_iterator()
-    ]
+    pairs = _eval_pairs(config, split, data_dir, process_index, process_count, local_device_count)
+    return [p["references"].split(REFERENCE_SEPARATOR) for p in pairs]
 
 
 def pair_texts(
