@@ -43,7 +43,6 @@ from ptjax.train.checkpoint import (
 from ptjax.train.state import TrainState
 
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = os.path.join("tokenizer", "spm.model")
 # What a ptjax workdir may hold; a directory with anything else is not one.
 _WORKDIR_ENTRIES = (
     "config",
