@@ -385,6 +385,22 @@ def _torch_adamw(model: Any, opt: dict[str, Any], is_embedding: Callable[[str], 
     )
 
 
+def _hf_train_setup(side: Any, opts: Options, threads: int, setup: dict[str, Any], embedding):
+    """What every HF train side starts with: threads, seed, the model in train mode, ptjax's
+    AdamW (`embedding(name)`: no decay) and clipping. Returns ptjax's model config (a dict)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(opts.seed)
+    cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
+    side.model = _hf_model(opts, cfg)
+    side.model.train()
+    side.optimizer = _torch_adamw(side.model, opt, embedding)
+    side.clip = opt["grad_clip_norm"]
+    side.torch = torch
+    return cfg
+
+
 class _HFSide:
     """transformers' GPT2LMHeadModel of the same shape, torch.optim.AdamW, dropout on."""
 
@@ -392,17 +408,9 @@ class _HFSide:
         import torch
         import transformers
 
-        torch.set_num_threads(threads)
-        torch.manual_seed(opts.seed)
-        cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
-        self.model = _hf_model(opts, cfg)
-        self.model.train()
-        self.optimizer = _torch_adamw(
-            self.model, opt, lambda name: name.endswith(("wte.weight", "wpe.weight"))
-        )
-        self.clip = opt["grad_clip_norm"]
+        embedding = lambda name: name.endswith(("wte.weight", "wpe.weight"))
+        cfg = _hf_train_setup(self, opts, threads, setup, embedding)
         self.vocab_size = cfg["vocab_size"]
-        self.torch = torch
         self.batches = []
         for k in range(4):
             rows_k = _synthetic_rows(opts, setup["rows"], self.vocab_size, opts.seed + k)
@@ -461,14 +469,7 @@ class _HFBertSide:
         import torch
         import transformers
 
-        torch.set_num_threads(threads)
-        torch.manual_seed(opts.seed)
-        cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
-        self.model = _hf_model(opts, cfg)
-        self.model.train()
-        self.optimizer = _torch_adamw(self.model, opt, lambda name: "embeddings" in name)
-        self.clip = opt["grad_clip_norm"]
-        self.torch = torch
+        cfg = _hf_train_setup(self, opts, threads, setup, lambda name: "embeddings" in name)
         self.batches = []
         for k in range(4):
             rows_k = _synthetic_mlm_rows(opts, setup["rows"], cfg["vocab_size"], opts.seed + k)
@@ -640,14 +641,7 @@ class _HFT5Side:
         import torch
         import transformers
 
-        torch.set_num_threads(threads)
-        torch.manual_seed(opts.seed)
-        cfg, opt = setup["model_config"], setup["optimizer"]  # ptjax's, from its worker.
-        self.model = _hf_model(opts, cfg)
-        self.model.train()
-        self.optimizer = _torch_adamw(self.model, opt, lambda name: "shared" in name)
-        self.clip = opt["grad_clip_norm"]
-        self.torch = torch
+        cfg = _hf_train_setup(self, opts, threads, setup, lambda name: "shared" in name)
         self.batches = []
         for k in range(4):
             rows_k = _synthetic_seq2seq_rows(opts, setup["rows"], cfg["vocab_size"], opts.seed + k)
