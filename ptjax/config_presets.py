@@ -27,6 +27,27 @@ def parse_arg(arg: str | None, **defaults: object) -> ml_collections.ConfigDict:
     return out
 
 
+def _preset(family: str, task: str, size: str, t: dict) -> ml_collections.ConfigDict:
+    """base_config() with the family, task, size and a size's training defaults `t` (seq_len,
+    per_device_batch_size, total_steps, learning_rate; warm-up: t's, else a tenth of the steps
+    up to 10k with linear decay to 0)."""
+    c = base_config()
+    c.task = task
+    c.model.family = family
+    c.model.size = size
+    c.seq_len = t["seq_len"]
+    c.per_device_batch_size = t["per_device_batch_size"]
+    c.total_steps = t["total_steps"]
+    c.optimizer.learning_rate = t["learning_rate"]
+    if "warmup_steps" in t:
+        c.optimizer.warmup_steps = t["warmup_steps"]
+    else:
+        c.optimizer.warmup_steps = min(10_000, t["total_steps"] // 10)
+        c.optimizer.schedule = "linear"
+        c.optimizer.end_learning_rate_fraction = 0.0
+    return c
+
+
 # Per-size training defaults for GPT pretraining (GPT-2 paper / nanoGPT settings for the big
 # ones, CPU-sized for 'tiny').
 _GPT_TRAINING = {
@@ -72,15 +93,7 @@ def gpt_config(size: str) -> ml_collections.ConfigDict:
     if size not in _GPT_TRAINING:
         raise ConfigError(f"GPT size {size!r} is not one of {sorted(_GPT_TRAINING)}.")
     t = _GPT_TRAINING[size]
-    c = base_config()
-    c.task = "causal_lm"
-    c.model.family = "gpt"
-    c.model.size = size
-    c.seq_len = t["seq_len"]
-    c.per_device_batch_size = t["per_device_batch_size"]
-    c.total_steps = t["total_steps"]
-    c.optimizer.learning_rate = t["learning_rate"]
-    c.optimizer.warmup_steps = t["warmup_steps"]
+    c = _preset("gpt", "causal_lm", size, t)
     c.sample_prompts = ("In the beginning", "Jesus said to them,", "")
     if size == "tiny":
         c.sample_every_steps = 200
@@ -112,17 +125,7 @@ def bert_config(size: str) -> ml_collections.ConfigDict:
     if size not in _BERT_TRAINING:
         raise ConfigError(f"BERT size {size!r} is not one of {sorted(_BERT_TRAINING)}.")
     t = _BERT_TRAINING[size]
-    c = base_config()
-    c.task = "masked_lm"
-    c.model.family = "bert"
-    c.model.size = size
-    c.seq_len = t["seq_len"]
-    c.per_device_batch_size = t["per_device_batch_size"]
-    c.total_steps = t["total_steps"]
-    c.optimizer.learning_rate = t["learning_rate"]
-    c.optimizer.warmup_steps = min(10_000, t["total_steps"] // 10)
-    c.optimizer.schedule = "linear"
-    c.optimizer.end_learning_rate_fraction = 0.0
+    c = _preset("bert", "masked_lm", size, t)
     c.optimizer.b2 = 0.999  # BERT's Adam.
     c.optimizer.eps = 1e-6
     c.optimizer.weight_decay = 0.01
@@ -219,17 +222,7 @@ def t5_config(
     if data not in T5_SEQ2SEQ_DATA:
         raise ConfigError(f"T5 data {data!r} is not one of {sorted(T5_SEQ2SEQ_DATA)}.")
     t = _T5_TRAINING.get(size, _T5_BIG)
-    c = base_config()
-    c.task = task
-    c.model.family = "t5"
-    c.model.size = size
-    c.seq_len = t["seq_len"]
-    c.per_device_batch_size = t["per_device_batch_size"]
-    c.total_steps = t["total_steps"]
-    c.optimizer.learning_rate = t["learning_rate"]
-    c.optimizer.warmup_steps = min(10_000, t["total_steps"] // 10)
-    c.optimizer.schedule = "linear"
-    c.optimizer.end_learning_rate_fraction = 0.0
+    c = _preset("t5", task, size, t)
     c.optimizer.weight_decay = 0.01
     if size != "tiny":
         c.tokenizer.vocab_size = 32000
