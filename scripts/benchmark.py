@@ -5,6 +5,8 @@
     python scripts/benchmark.py --model=bert    # MLM train step vs BertForMaskedLM
     python scripts/benchmark.py --model=t5 --seq_len=128      # vs T5ForConditionalGeneration
     python scripts/benchmark.py --model=t5 --what=generate    # encoder-decoder greedy decoding
+    python scripts/benchmark.py --devices=8 --mode=mesh --fsdp=2 --tensor=2 --baseline=none
+    python scripts/benchmark.py --dtype=bfloat16   # bf16 compute, float32 parameters, both sides
 
 T5 train steps take rows of --seq_len input and --seq_len target tokens (one example per row,
 no padding); their rates count target tokens, each carrying its share of the encoder, as
@@ -46,10 +48,15 @@ from ptjax import runtime
 MODELS = ("gpt", "bert", "t5")
 DEFAULT_SIZES = {"gpt": "bench", "bert": "mini", "t5": "bench"}  # 4 layers x 256 wide each.
 WHATS = ("train", "generate")
+MODES = ("pmap", "mesh")
+DTYPES = ("float32", "bfloat16")
 
 FLAGS = flags.FLAGS
 
-MATMUL_SIZE = 2048  # The machine's fp32 matmul rate is measured on [2048, 2048] @ [2048, 2048].
+# The machine's matmul rate (--dtype) is measured on [n, n] @ [n, n]: 2048 on a CPU; a GPU or
+# TPU needs a larger product to reach its rate.
+MATMUL_SIZE = 2048
+ACCELERATOR_MATMUL_SIZE = 8192
 # Untimed steps at the start of every block. A worker that sat idle while the other side ran is
 # slow for a step or two (on this VM the first step after 5 s idle costs 1.5x, on both sides),
 # which a trainer running steadily never pays.
@@ -75,6 +82,11 @@ class Options:
     hf_attention: str = "eager"
     env_tuning: str = "both"
     seed: int = 0
+    mode: str = "pmap"  # ptjax's parallel wrapper: config key parallelism.mode.
+    fsdp: int = 1  # Mesh axes (mode mesh); data takes the devices left.
+    tensor: int = 1
+    devices: int = 0  # ptjax's CPU devices (0: as the process has them; N: N fake devices).
+    dtype: str = "float32"  # Compute dtype of both sides (parameters stay float32).
 
     def check(self) -> None:
         """Raises ValueError naming the flag that cannot work."""
@@ -92,8 +104,21 @@ class Options:
         for name in ("steps", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        if self.warmup_steps < 0 or self.threads < 0:
-            raise ValueError("--warmup_steps and --threads must not be negative.")
+        if self.warmup_steps < 0 or self.threads < 0 or self.devices < 0:
+            raise ValueError("--warmup_steps, --threads and --devices must not be negative.")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode={self.mode!r} is not a parallel mode; known: {MODES}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype={self.dtype!r} is not benchmarked; known: {DTYPES}.")
+        if self.fsdp < 1 or self.tensor < 1:
+            raise ValueError("--fsdp and --tensor must be at least 1.")
+        if self.mode == "pmap" and (self.fsdp, self.tensor) != (1, 1):
+            raise ValueError("--fsdp and --tensor are mesh axes: they need --mode=mesh.")
+        if self.what == "generate" and (self.mode, self.devices) != ("pmap", 0):
+            raise ValueError(
+                "--what=generate times one decoding loop on one device; --mode and --devices "
+                "are for --what=train."
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +275,10 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     config.seq_len = opts.seq_len
     config.per_device_batch_size = opts.per_device_batch_size
     config.seed = opts.seed
+    config.model.dtype = opts.dtype
+    config.parallelism.mode = opts.mode
+    config.parallelism.fsdp = opts.fsdp
+    config.parallelism.tensor = opts.tensor
     config_lib.validate(config)
     model, model_config = models.build(config)
     family = models.MODELS[config.model.family]
@@ -288,7 +317,8 @@ def _hf_model(opts: Options, cfg: dict[str, Any]) -> Any:
 
 
 class _PtjaxSide:
-    """ptjax's real train step: steps.train_step under parallel.pmap_train_step, as the trainer."""
+    """ptjax's real train step: steps.train_step under the run's parallel wrapper (pmap, or jit
+    on a mesh), placed and called as the trainer does."""
 
     def __init__(self, opts: Options):
         import jax
@@ -302,11 +332,19 @@ class _PtjaxSide:
         self.devices = jax.local_device_count()
         rows = self.devices * opts.per_device_batch_size
         tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, params)
-        self.state = parallel.replicate(TrainState.create(params, tx, state_rng))
+        state = TrainState.create(params, tx, state_rng)
+        par = parallel.create(config.parallelism)
+        self.state = par.place(state)
         task, _ = tasks.create(config, data_dir="")  # The trainer's task, set up for the config.
-        self.p_step = parallel.pmap_train_step(
-            steps.train_step, model=model, task=task, tx=tx, schedule=schedule
+        self.p_step = par.train_step(
+            steps.train_step,
+            jax.eval_shape(lambda: state),
+            model=model,
+            task=task,
+            tx=tx,
+            schedule=schedule,
         )
+        self.dtype = opts.dtype
         make_rows = SYNTHETIC_ROWS[opts.model]
         self.batches = []
         for k in range(4):
@@ -327,6 +365,8 @@ class _PtjaxSide:
             "model_config": dataclasses.asdict(model_config),
             "optimizer": config.optimizer.to_dict(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "mode": opts.mode,
+            "mesh": None if par.mesh is None else dict(par.mesh.shape),
         }
 
     def step(self, i: int) -> None:
@@ -349,14 +389,16 @@ class _PtjaxSide:
         self.last_loss = loss
 
     def matmul_flops(self, tries: int) -> float:
-        """The best fp32 FLOP/s of a jitted [n, n] @ [n, n] over `tries` tries."""
+        """The best FLOP/s of a jitted [n, n] @ [n, n] in --dtype over `tries` tries."""
         import jax
         import jax.numpy as jnp
 
         if not hasattr(self, "matmul"):
-            n = MATMUL_SIZE
-            a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-            b = jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32)
+            n = MATMUL_SIZE if jax.default_backend() == "cpu" else ACCELERATOR_MATMUL_SIZE
+            dtype = jnp.dtype(self.dtype)
+            self.matmul_size = n
+            a = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+            b = jax.random.normal(jax.random.PRNGKey(2), (n, n), dtype)
             self.matmul = functools.partial(jax.jit(jnp.matmul), a, b)
             self.matmul().block_until_ready()
         best = float("inf")
@@ -364,7 +406,7 @@ class _PtjaxSide:
             start = time.perf_counter()
             self.matmul().block_until_ready()
             best = min(best, time.perf_counter() - start)
-        return 2 * MATMUL_SIZE**3 / best
+        return 2 * self.matmul_size**3 / best
 
 
 def _torch_adamw(model: Any, opt: dict[str, Any], is_embedding: Callable[[str], bool]) -> Any:
@@ -398,7 +440,19 @@ def _hf_train_setup(side: Any, opts: Options, threads: int, setup: dict[str, Any
     side.optimizer = _torch_adamw(side.model, opt, embedding)
     side.clip = opt["grad_clip_norm"]
     side.torch = torch
+    _set_precision(side, opts)
     return cfg
+
+
+def _set_precision(side: Any, opts: Options) -> None:
+    """--dtype on the torch side: bfloat16 is torch's CPU autocast (matmuls in bf16, parameters,
+    optimizer and loss float32), the counterpart of ptjax's model.dtype with float32 params."""
+    import torch
+
+    side.dtype = getattr(torch, opts.dtype)
+    side.autocast = lambda: torch.autocast(
+        "cpu", dtype=torch.bfloat16, enabled=opts.dtype == "bfloat16"
+    )
 
 
 class _HFSide:
@@ -432,7 +486,8 @@ class _HFSide:
     def step(self, i: int) -> None:
         torch = self.torch
         inputs, targets = self.batches[i % len(self.batches)]
-        logits = self.model(input_ids=inputs).logits  # [batch, length, vocab]
+        with self.autocast():
+            logits = self.model(input_ids=inputs).logits  # [batch, length, vocab]
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, self.vocab_size).float(), targets.reshape(-1)
         )
@@ -451,7 +506,7 @@ class _HFSide:
     def matmul_flops(self, tries: int) -> float:
         torch = self.torch
         n = MATMUL_SIZE
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=self.dtype), torch.randn(n, n, dtype=self.dtype)
         a @ b
         best = float("inf")
         for _ in range(tries):
@@ -492,7 +547,8 @@ class _HFBertSide:
         }
 
     def step(self, i: int) -> None:
-        loss = self.model(**self.batches[i % len(self.batches)]).loss
+        with self.autocast():
+            loss = self.model(**self.batches[i % len(self.batches)]).loss
         loss.backward()
         self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.optimizer.step()
@@ -543,6 +599,7 @@ class _PtjaxGenerateSide:
 
         self.run = jax.jit(run)
         self.params = params
+        self.dtype = opts.dtype
         rows = opts.per_device_batch_size
         self.prompts = [
             _prompts(opts, rows, model_config.vocab_size, opts.seed + k) for k in range(4)
@@ -587,6 +644,7 @@ class _HFGenerateSide:
         torch.manual_seed(opts.seed)
         cfg = setup["model_config"]
         self.model = _hf_model(opts, cfg).eval()
+        _set_precision(self, opts)
         config = self.model.config
         pad_id = config.eos_token_id if opts.model == "gpt" else config.pad_token_id
         self.generation = transformers.GenerationConfig(
@@ -619,7 +677,7 @@ class _HFGenerateSide:
 
     def step(self, i: int) -> None:
         prompt = self.prompts[i % len(self.prompts)]
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self.autocast():
             out = self.model.generate(
                 input_ids=prompt, attention_mask=self.mask, generation_config=self.generation
             )
@@ -708,6 +766,7 @@ def _serve(side_name: str, opts: Options) -> None:
         warmup = time.perf_counter() - start
         info = dict(side.info, cpus=len(cpus), first_step_seconds=first, warmup_seconds=warmup)
         info["matmul_flops_per_second"] = side.matmul_flops(tries=6)
+        info["matmul_size"] = getattr(side, "matmul_size", MATMUL_SIZE)
         send(info)
         done = 1 + opts.warmup_steps
         for line in sys.stdin:
@@ -805,7 +864,12 @@ def run_benchmark(opts: Options, log: Callable[[str], None] = print) -> dict[str
             for side in sides:
                 key = (setting, side)
                 log(f"starting {side} worker ({setting} environment tuning)")
-                workers[key] = _Worker(side, setting, opts, env)
+                side_env = dict(env)
+                if side == "ptjax" and opts.devices:  # N host devices: pmap/mesh over them.
+                    name = "--xla_force_host_platform_device_count"
+                    given = [f for f in env.get("XLA_FLAGS", "").split() if f.split("=")[0] != name]
+                    side_env["XLA_FLAGS"] = " ".join([*given, f"{name}={opts.devices}"])
+                workers[key] = _Worker(side, setting, opts, side_env)
                 if side == "hf":
                     ptjax_info = infos[(setting, "ptjax")]
                     setup = {k: ptjax_info.get(k) for k in ("rows", "model_config", "optimizer")}
@@ -847,6 +911,9 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
         "what": opts.what,
         "size": opts.size or DEFAULT_SIZES[opts.model],
         "devices": ptjax_info["devices"],
+        "mode": opts.mode,
+        "mesh": ptjax_info.get("mesh"),
+        "dtype": opts.dtype,
         "per_device_batch_size": opts.per_device_batch_size,
         "seq_len": opts.seq_len,
         "prompt_len": opts.prompt_len if opts.what == "generate" else None,
@@ -857,6 +924,7 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
         "steps_per_round": opts.steps,
         "flops_per_token": flops_per_token,
         "matmul_flops_per_second": peak,
+        "matmul_size": ptjax_info["matmul_size"],
         "baseline": opts.baseline if opts.baseline == "none" else f"hf-{opts.hf_attention}",
         "tuned_environment": {
             "GLIBC_TUNABLES": ":".join(f"{n}={v}" for n, v in runtime.TUNED_GLIBC_TUNABLES),
@@ -924,9 +992,11 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable summary printed before the JSON line."""
     if result["what"] == "train":
+        mesh = result.get("mesh")
+        where = "pmap" if not mesh else "mesh " + " ".join(f"{k}={v}" for k, v in mesh.items())
         shape = (
-            f"train step, {result['devices']} device(s) x {result['per_device_batch_size']} x "
-            f"{result['seq_len']} tokens"
+            f"train step ({where}, {result['dtype']}), {result['devices']} device(s) x "
+            f"{result['per_device_batch_size']} x {result['seq_len']} tokens"
         )
     else:
         shape = (
@@ -938,7 +1008,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['model']}/{result['size']} {shape}, {result['threads']} "
         f"threads per side, {result['rounds']} rounds x {result['steps_per_round']} steps; "
         f"{result['flops_per_token'] / 1e6:.1f} MFLOP/token; matmul rate "
-        f"{result['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s (JAX fp32 {MATMUL_SIZE}^3, best)",
+        f"{result['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s (JAX {result['dtype']} "
+        f"{result['matmul_size']}^3, best)",
         f"{'environment':<12}{'side':<28}{'tokens/s':>10}{'step ms':>9}{'CPU s/step':>11}"
         f"{'MFU':>7}{'faults/step':>12}{'peak RSS MiB':>13}{'1st step s':>11}{'others':>8}",
     ]
@@ -1003,6 +1074,20 @@ def define_flags() -> None:
     flags.DEFINE_enum("hf_attention", "eager", ["eager", "sdpa"], "The baseline's attention.")
     flags.DEFINE_enum("env_tuning", "both", ["both", "on", "off"], "Process environment(s) to run.")
     flags.DEFINE_integer("seed", 0, "Seed of parameters, batches and dropout.")
+    flags.DEFINE_enum(
+        "mode", "pmap", list(MODES), "ptjax's parallel wrapper (config key parallelism.mode)."
+    )
+    flags.DEFINE_integer("fsdp", 1, "--mode=mesh: the fsdp axis (data takes the rest).")
+    flags.DEFINE_integer("tensor", 1, "--mode=mesh: the tensor axis.")
+    flags.DEFINE_integer(
+        "devices", 0, "ptjax's CPU devices: 0 as the process has them, N: N fake host devices."
+    )
+    flags.DEFINE_enum(
+        "dtype",
+        "float32",
+        list(DTYPES),
+        "Compute dtype, parameters float32: ptjax's model.dtype, torch's CPU autocast.",
+    )
     flags.DEFINE_string("worker", None, "Internal: run as the worker of one side.")
     flags.DEFINE_string("worker_options", None, "Internal: the worker's options as JSON.")
 
@@ -1029,6 +1114,11 @@ def main(argv: list[str]) -> None:
         hf_attention=FLAGS.hf_attention,
         env_tuning=FLAGS.env_tuning,
         seed=FLAGS.seed,
+        mode=FLAGS.mode,
+        fsdp=FLAGS.fsdp,
+        tensor=FLAGS.tensor,
+        devices=FLAGS.devices,
+        dtype=FLAGS.dtype,
     )
     try:
         opts.check()

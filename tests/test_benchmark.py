@@ -21,6 +21,7 @@ def _script():
 
 
 def test_tiny_run_against_the_baseline_reports_the_json_keys():
+    """Also the mesh wrapper on 4 host devices and bf16 compute (torch autocast) on both sides."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     bench = _script()
@@ -32,6 +33,10 @@ def test_tiny_run_against_the_baseline_reports_the_json_keys():
         rounds=2,
         warmup_steps=0,
         env_tuning="on",
+        mode="mesh",
+        fsdp=2,
+        devices=4,
+        dtype="bfloat16",
     )
     result = bench.run_benchmark(opts, log=lambda line: None)
     json.loads(json.dumps(result))  # One JSON object.
@@ -54,7 +59,9 @@ def test_tiny_run_against_the_baseline_reports_the_json_keys():
         assert key in result, key
     tuned = result["settings"]["on"]
     assert tuned["ptjax"]["parameters"] == tuned["hf"]["parameters"]  # The same model shape.
-    assert result["tokens_per_step"] == result["devices"] * 16
+    assert result["devices"] == 4 and result["tokens_per_step"] == 4 * 16
+    assert result["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    assert result["dtype"] == "bfloat16" and "bfloat16" in bench.format_table(result)
     assert result["speedup"] > 0 and result["ptjax_peak_rss_mib"] > 0
     assert "speedup" in bench.format_table(result)
 
@@ -69,6 +76,14 @@ def test_unknown_model_and_what_are_refused_by_name():
         bench.Options(what="score").check()
     with pytest.raises(ValueError, match="--max_new_tokens"):
         bench.Options(what="generate", max_new_tokens=0).check()
+    with pytest.raises(ValueError, match="--mode='shard'"):
+        bench.Options(mode="shard").check()
+    with pytest.raises(ValueError, match="--dtype='float16'"):
+        bench.Options(dtype="float16").check()
+    with pytest.raises(ValueError, match="need --mode=mesh"):
+        bench.Options(fsdp=2).check()
+    with pytest.raises(ValueError, match="--what=train"):
+        bench.Options(what="generate", mode="mesh").check()
 
 
 def test_generate_against_hf_generate_counts_new_tokens():
