@@ -243,23 +243,25 @@ def test_seq2seq_files_read_and_errors_name_file_and_line(tok, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(pairs[0]) + "\n\n" + json.dumps({"inputs": "x"}) + "\n")
     with pytest.raises(corpora.DataError, match=rf"{bad}:3: missing field 'targets'"):
-        sp.seq2seq_eval_texts(make_config(name="seq2seq_files", train_files=str(bad)), data_dir="")
+        sp.seq2seq_eval_texts(
+            make_config(name="seq2seq_files", train_files=str(bad)), data_dir=data_dir
+        )
     bad.write_text('{"inputs": "x", "targets": 3}\n')
     with pytest.raises(corpora.DataError, match=rf"{bad}:1: field 'targets' is int"):
         corpora.get_builder(
-            make_config(name="seq2seq_files", train_files=str(bad)).dataset, data_dir=""
+            make_config(name="seq2seq_files", train_files=str(bad)).dataset, data_dir=data_dir
         )
     bad.write_text('{"inputs": "x", "targets": "y"\n')
     with pytest.raises(corpora.DataError, match=rf"{bad}:1: invalid JSON"):
         corpora.get_builder(
-            make_config(name="seq2seq_files", train_files=str(bad)).dataset, data_dir=""
+            make_config(name="seq2seq_files", train_files=str(bad)).dataset, data_dir=data_dir
         )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     with pytest.raises(corpora.DataError, match=r"eval_files: .*empty.jsonl.* hold no"):
         corpora.get_builder(
             make_config(name="seq2seq_files", train_files=train, eval_files=str(empty)).dataset,
-            data_dir="",
+            data_dir=data_dir,
         )
     with pytest.raises(corpora.DataError, match="no split 'test'"):
         sp.seq2seq_eval_texts(config, split="test", data_dir=data_dir)

@@ -342,7 +342,11 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
 def get_builder(
     config_dataset: ml_collections.ConfigDict, *, data_dir: str
 ) -> tfds.core.DatasetBuilder:
-    """The TFDS builder named by `config.dataset`, prepared (local builders) or checked (others)."""
+    """The TFDS builder named by `config.dataset`, prepared (local builders) or checked (others).
+
+    `data_dir` '' means TFDS's default directory, never the current one.
+    """
+    data_dir = data_dir or None
     name = config_dataset.name
     if name == "ptjax_bible":
         builder = PtjaxBible(data_dir=data_dir)
