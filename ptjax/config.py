@@ -322,11 +322,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "Config key parallelism.data=0: set the data axis size, or -1 for the devices left."
         )
-    if config.parallelism.mode == "mesh" and hasattr(tasks.TASKS[config.task], "run_eval"):
-        raise ConfigError(
-            f"Config key parallelism.mode='mesh' cannot run task={config.task!r} yet: its eval "
-            "(decoding or span post-processing) runs under pmap; use parallelism.mode='pmap'."
-        )
     if config.optimizer.warmup_steps > config.total_steps:
         raise ConfigError(
             f"Config key optimizer.warmup_steps={config.optimizer.warmup_steps} must lie in "

@@ -9,7 +9,7 @@ With several processes, each scores its shard and the sums are added across proc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -18,6 +18,9 @@ import ml_collections
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+
+if TYPE_CHECKING:
+    from ptjax.train.parallel import Parallel
 
 
 class ExtractiveQA:
@@ -114,18 +117,18 @@ class ExtractiveQA:
             "span_accuracy": float(sums["correct"]) / weight,
         }
 
-    def _predict(self, model: nn.Module) -> Any:
-        """pmapped batch -> (start, end logits, loss sums), compiled once per model."""
-        key = id(model)
+    def _predict(self, par: Parallel, model: nn.Module) -> Any:
+        """(params, batch) -> (loss sums, (start, end logits)) under the run's parallel mode
+        (`Parallel.predict_step`), compiled once per model."""
+        key = (id(par), id(model))
         if key not in self._predict_cache:
-            from ptjax.train import parallel
 
             def predict(params, batch):
                 start, end = self._logits(model, params, batch, rng=None, train=False)
                 _, sums = self.loss(model, params, batch, rng=None, train=False)
-                return start, end, jax.lax.psum(sums, parallel.AXIS)
+                return sums, (start, end)
 
-            self._predict_cache[key] = jax.pmap(predict, axis_name=parallel.AXIS)
+            self._predict_cache[key] = par.predict_step(predict)
         return self._predict_cache[key]
 
     def run_eval(
@@ -135,12 +138,14 @@ class ExtractiveQA:
         config: ml_collections.ConfigDict,
         tokenizer: Any,
         *,
+        par: Parallel,
         data_dir: str,
         process_index: int,
         process_count: int,
         local_device_count: int,
     ) -> tuple[dict[str, float], dict[str, Any]]:
-        """(metrics, details) over the whole eval split; `params` replicated over local devices."""
+        """(metrics, details) over the whole eval split; `params` as `par` (the run's
+        `ptjax.train.parallel.Parallel`) places them."""
         from ptjax.data import qa
         from ptjax.evaluation import qa_postprocess
 
@@ -152,22 +157,22 @@ class ExtractiveQA:
             process_count=process_count,
         )
         num_batches = qa.qa_eval_num_batches(len(features), config, local_device_count)
-        if process_count > 1:  # Every process runs as many batches (the pmap is collective).
+        if process_count > 1:  # Every process runs as many batches (each is collective).
             counts = multihost_utils.process_allgather(np.int32(num_batches))
             num_batches = int(np.max(counts))
         length = config.seq_len
         start_rows = np.zeros((len(features), length), np.float32)
         end_rows = np.zeros((len(features), length), np.float32)
         total = None
-        predict = self._predict(model)
+        predict = self._predict(par, model)
         for batch in qa.qa_eval_batches(
             features, config, local_device_count, num_batches=num_batches
         ):
             index = batch.pop("feature_index").reshape(-1)  # [devices * per_device]
-            start, end, sums = predict(params, batch)
+            sums, (start, end) = predict(params, batch)  # This process's rows, on the host.
             real = index >= 0
-            start_rows[index[real]] = np.asarray(start).reshape(-1, length)[real]
-            end_rows[index[real]] = np.asarray(end).reshape(-1, length)[real]
+            start_rows[index[real]] = start.reshape(-1, length)[real]
+            end_rows[index[real]] = end.reshape(-1, length)[real]
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
         host = jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(total))
         metrics = self.summarize(host)

@@ -13,12 +13,15 @@ summing their sufficient statistics across processes.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+if TYPE_CHECKING:
+    from ptjax.train.parallel import Parallel
 
 
 def _loss(
@@ -155,13 +158,15 @@ class Seq2SeqWithDecoding(Seq2Seq):
         names = [n for m in self._metrics for n in text_metrics.METRICS[m].names]
         return ("loss", "accuracy", "perplexity", *names)
 
-    def _decoder(self, model: nn.Module, max_new_tokens: int, eos_id: int, beams: int) -> Any:
-        """pmapped (params, batch) -> (loss sums, new tokens, lengths), compiled once."""
-        key = (id(model), max_new_tokens, eos_id, beams)
+    def _decoder(
+        self, par: Parallel, model: nn.Module, max_new_tokens: int, eos_id: int, beams: int
+    ) -> Any:
+        """(params, batch) -> (loss sums, (new tokens, lengths)) under the run's parallel mode
+        (`Parallel.predict_step`), compiled once."""
+        key = (id(par), id(model), max_new_tokens, eos_id, beams)
         if key not in self._decode_cache:
             from ptjax.decoding.search import DecodeConfig, beam_search, sample
             from ptjax.models import t5
-            from ptjax.train import parallel
 
             cfg = DecodeConfig(
                 max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=0, num_beams=beams
@@ -178,15 +183,17 @@ class Seq2SeqWithDecoding(Seq2Seq):
                     new, lengths = sample(
                         prefill, step, params, tokens, mask, jax.random.PRNGKey(0), cfg
                     )
-                return jax.lax.psum(sums, parallel.AXIS), new, lengths
+                return sums, (new, lengths)
 
-            self._decode_cache[key] = jax.pmap(run, axis_name=parallel.AXIS)
+            self._decode_cache[key] = par.predict_step(run)
         return self._decode_cache[key]
 
     def run_eval(
-        self, model, params, config, tokenizer, *, data_dir, process_index, process_count,
+        self, model, params, config, tokenizer, *, par, data_dir, process_index, process_count,
         local_device_count,
     ) -> tuple[dict[str, float], dict[str, Any]]:  # fmt: skip
+        """(metrics, details) over the whole eval split; `params` as `par` (the run's
+        `ptjax.train.parallel.Parallel`) places them."""
         import numpy as np
         from jax.experimental import multihost_utils
 
@@ -201,12 +208,11 @@ class Seq2SeqWithDecoding(Seq2Seq):
         )
         _, targets_len = seq2seq_pipeline.seq2seq_lengths(config)
         beams = seq2seq_pipeline.option(config, "num_beams")
-        run = self._decoder(model, targets_len, tokenizer.eos_id, beams)
+        run = self._decoder(par, model, targets_len, tokenizer.eos_id, beams)
         total, rows = None, []
         for batch in seq2seq_pipeline.seq2seq_eval_batches(config, tokenizer, **kwargs):
-            sums, new, lengths = run(params, batch)
+            sums, (new, lengths) = run(params, batch)  # This process's rows, on the host.
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-            new, lengths = np.asarray(new), np.asarray(lengths)
             rows += [r[:n].tolist() for r, n in zip(new.reshape(-1, new.shape[-1]),
                                                      lengths.reshape(-1), strict=True)]  # fmt: skip
         metrics = _summarize(jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(total)))

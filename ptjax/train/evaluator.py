@@ -4,9 +4,11 @@
     result = evaluate_checkpoint("runs/spam", split="test", checkpoint="best")
     result.metrics["f1/spam"]
 
-The run's own config, tokenizer and task are used; the split is read whole on all local
-devices (the last batch padded, nothing dropped or counted twice), and the metrics are written
-to WORKDIR/results/<split>_step_<N>.json (a new file; nothing in the workdir is replaced).
+The run's own config, tokenizer, task and parallel mode are used (pmap, or its mesh; a mesh
+that does not fit this machine's devices falls back to pmap, with a warning); the split is read
+whole on all local devices (the last batch padded, nothing dropped or counted twice), and the
+metrics are written to WORKDIR/results/<split>_step_<N>.json (a new file; nothing in the
+workdir is replaced).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import functools
 from typing import Any
 
 import jax
+from absl import logging
 from etils import epath
 
 from ptjax import models, tasks
-from ptjax.config import load_run_config
+from ptjax.config import ConfigError, load_run_config
 from ptjax.data.tokenizer import load_tokenizer
 from ptjax.train import parallel, steps, trainer
 from ptjax.train.checkpoint import restore_params
@@ -77,8 +80,13 @@ def evaluate_checkpoint(
     abstract = jax.eval_shape(
         functools.partial(trainer.init_params, config, model), jax.random.PRNGKey(0)
     )
-    params = parallel.replicate(restore_params(path, abstract))
-    p_eval_step = parallel.pmap_eval_step(steps.eval_step, model=model, task=task)
+    try:
+        par = parallel.create(config.parallelism)  # The run's mode: pmap, or its mesh.
+    except ConfigError as e:  # A mesh of another machine: the parameters still evaluate.
+        logging.warning("%s Evaluating under pmap on the %d devices here.", e, jax.device_count())
+        par = parallel.Parallel()
+    params = par.place(restore_params(path, abstract))
+    p_eval_step = par.eval_step(steps.eval_step, model=model, task=task)
     data_kwargs = dict(
         data_dir=data_dir,
         process_index=jax.process_index(),
@@ -86,7 +94,7 @@ def evaluate_checkpoint(
         local_device_count=jax.local_device_count(),
     )
     metrics, details = trainer.run_eval(
-        task, model, p_eval_step, params, config, tokenizer, data_kwargs
+        task, model, p_eval_step, params, config, tokenizer, data_kwargs, par=par
     )
     details = {**details, "checkpoint": path}
     results_file = None

@@ -7,6 +7,8 @@ nothing is replicated or unreplicated per step); it comes to the host only to be
 mesh: the same step functions (with `axis_name=None`) on global arrays: the state sharded by
 the rules of `sharding.py`, batches [global_batch, ...] split over data x fsdp. Metrics come
 back with a leading axis of 1, shaped as pmap's are, so the host code reads both alike.
+Evals that bring outputs per example to the host (decoding, QA spans) use `predict_step`, which
+hands each process its own rows back in the pipeline's layout in both modes.
 """
 
 from __future__ import annotations
@@ -66,6 +68,22 @@ class Parallel:
         if self.mesh is None:
             return pmap_eval_step(step_fn, **kwargs)
         return _taking_local_batches(mesh_eval_step(step_fn, self.mesh, **kwargs), self.mesh)
+
+    def predict_step(self, fn: Callable) -> Callable:
+        """`fn(params, batch) -> (sums, rows)` over the devices, for evals that bring outputs per
+        example to the host (decoded tokens, span logits). `fn` sees rows of the batch, never an
+        axis name: its `sums` are added over all devices and processes here (a psum under pmap;
+        on a mesh its arrays are global, so they already are).
+
+        Takes params as `place` leaves them and a batch as the pipeline yields it,
+        [local_devices, per_device_batch, ...]. Returns (sums with a leading device axis whose
+        [0] is the total, as `eval_step`'s; rows as numpy: this process's rows in its batch's
+        layout [local_devices, per_device_batch, ...]).
+        """
+        if self.mesh is None:
+            step = jax.pmap(lambda params, batch: _summed(fn(params, batch), AXIS), axis_name=AXIS)
+            return lambda params, batch: _rows_to_host(step(params, batch), np.asarray)
+        return mesh_predict_step(fn, self.mesh)
 
     def to_host(self, tree: Any) -> Any:
         """Numpy copies on the host: one device's copy (pmap) or the whole arrays (mesh)."""
@@ -142,6 +160,52 @@ def mesh_eval_step(step_fn: Callable, mesh: jax.sharding.Mesh, **kwargs: Any) ->
         in_shardings=(None, sharding.batch_sharding(mesh)),
         out_shardings=replicated,
     )
+
+
+def mesh_predict_step(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """`Parallel.predict_step` on `mesh`: jit over the global batch; each process gets back the
+    rows of its own local batch."""
+    from ptjax.train import sharding
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rows = sharding.batch_sharding(mesh)
+
+    def run(params: Any, batch: Any) -> tuple[Any, Any]:
+        with sharding.activation_rules(mesh):
+            sums, out = fn(params, batch)
+        return jax.tree.map(lambda x: x[None], sums), out  # Sums [1, ...] like pmap's.
+
+    step = _taking_local_batches(
+        jax.jit(run, in_shardings=(None, rows), out_shardings=(replicated, rows)), mesh
+    )
+
+    def call(params: Any, batch: Any) -> tuple[Any, Any]:
+        devices = np.shape(jax.tree.leaves(batch)[0])[0]
+
+        def local(x: jax.Array) -> np.ndarray:  # [global_rows, ...] -> [devices, per_device, ...]
+            return local_rows(x).reshape(devices, -1, *x.shape[1:])
+
+        return _rows_to_host(step(params, batch), local)
+
+    return call
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global array split by rows, in order: the inverse of
+    `jax.make_array_from_process_local_data` (each row block once, also where the tensor axis
+    holds copies of it)."""
+    blocks = {shard.index[0].start or 0: shard.data for shard in x.addressable_shards}
+    return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
+
+
+def _summed(outputs: tuple[Any, Any], axis_name: str) -> tuple[Any, Any]:
+    sums, rows = outputs
+    return jax.lax.psum(sums, axis_name), rows
+
+
+def _rows_to_host(outputs: tuple[Any, Any], to_host: Callable) -> tuple[Any, Any]:
+    sums, rows = outputs
+    return sums, jax.tree.map(to_host, rows)
 
 
 def place_on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:

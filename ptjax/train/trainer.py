@@ -246,14 +246,18 @@ def run_eval(
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
     data_kwargs: dict[str, Any],
+    *,
+    par: parallel.Parallel,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """(metrics, details for the results file) of replicated `params` on config's eval split.
+    """(metrics, details for the results file) of `params`, placed by `par`, on config's eval
+    split.
 
-    A task with its own `run_eval` (extractive QA: span post-processing on the host) runs it;
-    the others sum their metrics over every batch and device (`eval_sums`).
+    A task with its own `run_eval` (decoding, span post-processing on the host) runs it, under
+    the same parallel mode; the others sum their metrics over every batch and device
+    (`eval_sums`).
     """
     if hasattr(task, "run_eval"):
-        return task.run_eval(model, params, config, tokenizer, **data_kwargs)
+        return task.run_eval(model, params, config, tokenizer, par=par, **data_kwargs)
     sums = eval_sums(p_eval_step, params, task.eval_batches(config, tokenizer, **data_kwargs))
     details = task.details(sums) if hasattr(task, "details") else {}
     return task.summarize(sums), details
@@ -567,7 +571,7 @@ def _train_and_evaluate(
             writer.flush()
         if done % config.eval_every_steps == 0 or last:
             eval_metrics, details = run_eval(
-                task, model, p_eval_step, state.params, config, tokenizer, data_kwargs
+                task, model, p_eval_step, state.params, config, tokenizer, data_kwargs, par=par
             )
             writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
             write_results(workdir, config.dataset.eval_split, done, eval_metrics, details)
