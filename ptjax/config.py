@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     # 'full' (recompute the whole block), 'dots_saveable' (keep matmul outputs),
     # 'dots_with_no_batch_dims_saveable' (keep weight matmuls, recompute attention scores).
     c.model.remat = "none"
+    # Run each stack of identical blocks as one nn.scan over a stacked module (parameters get a
+    # leading [num_layers] axis): one compiled block instead of num_layers copies. Checkpoints of
+    # either layout restore into either (ptjax.models.scan converts them).
+    c.model.scan_layers = False
     c.model.num_labels = 0  # Classification heads: 0 takes the dataset's number of labels.
     c.model.type_vocab_size = 0  # BERT segment (token type) table; 0: the size's value (2).
     c.model.pre_ln = False  # BERT: pre-LayerNorm blocks (default: the original post-LN).

@@ -42,8 +42,10 @@ def main(argv):
     gib = estimate.format_bytes
     print(
         f"{config.model.family}/{config.model.size}, task {config.task}, dtype "
-        f"{config.model.dtype}, remat {config.model.remat}, {config.num_microbatches} "
-        f"microbatch(es), per-device batch {result.per_device_batch_size} x {config.seq_len}"
+        f"{config.model.dtype}, remat {config.model.remat}, "
+        f"{'scanned' if config.model.scan_layers else 'unrolled'} layers, "
+        f"{config.num_microbatches} microbatch(es), per-device batch "
+        f"{result.per_device_batch_size} x {config.seq_len}"
     )
     rows = [
         ("parameters", f"{result.num_params:,}"),
@@ -52,8 +54,12 @@ def main(argv):
         ("temporaries", gib(result.temp_bytes)),
         ("donated (aliased, counted once)", gib(result.alias_bytes)),
         ("peak per device", gib(result.peak_bytes)),
-        ("FLOPs per step (XLA)", f"{result.flops_per_step:.4g}"),
+        (
+            "FLOPs per step (XLA" + (", one layer per stack)" if config.model.scan_layers else ")"),
+            f"{result.flops_per_step:.4g}",
+        ),
         ("FLOPs per step (model, analytical)", f"{result.model_flops_per_step:.4g}"),
+        ("trace + lower + compile (s)", f"{result.compile_seconds:.1f}"),
     ]
     record = {"config": config.model.family + "/" + config.model.size, **result.as_dict()}
     if FLAGS.memory_gb > 0:

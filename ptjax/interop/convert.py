@@ -18,7 +18,9 @@ config.json, which an export carries over), tokenizer/, and checkpoints/0/state 
 train from it with `--config.init_checkpoint=WORKDIR` into a new workdir.
 
 Export: a workdir's latest checkpoint (or a given step directory) to config.json,
-model.safetensors and the tokenizer files, for `from_pretrained`. Neither direction writes into
+model.safetensors and the tokenizer files, for `from_pretrained`; a scanned run's layer stacks
+(model.scan_layers) are unstacked first. An import is unscanned; a scanned run starts from it
+with init_checkpoint, which converts the layout. Neither direction writes into
 a non-empty directory; both build in a temporary sibling and rename it into place.
 """
 
@@ -41,6 +43,7 @@ from ptjax.config import load_run_config, validate
 from ptjax.data import tokenizer as tokenizer_lib
 from ptjax.interop import hf_bert, hf_gpt2, hf_t5, hf_tokenizers, hf_weights
 from ptjax.interop.tensor_map import ConversionError
+from ptjax.models import scan
 
 # Hugging Face model_type -> its mapping module; ptjax family -> the same modules.
 KINDS: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (hf_bert, hf_gpt2, hf_t5)}
@@ -340,7 +343,9 @@ def export_hf(source: str, out_dir: str) -> str:
         config.tokenizer.path or tokenizer_lib.tokenizer_file(os.path.join(workdir, "tokenizer"))
     )
     cfg = models.MODELS[config.model.family].make_config(config, tokenizer.vocab_size)
-    state, arch = kind.params_to_hf(_read_params(step_dir), cfg)
+    # Hugging Face has one tensor per layer: a scanned run's stacks are unstacked first.
+    cfg = dataclasses.replace(cfg, scan_layers=False)
+    state, arch = kind.params_to_hf(scan.unstack_layers(_read_params(step_dir)), cfg)
     if kind is hf_bert:
         labels = int(state["classifier.bias"].shape[0]) if "classifier.bias" in state else 0
         hf = hf_bert.hf_config(cfg, arch, labels=labels, pad_id=tokenizer.pad_id)

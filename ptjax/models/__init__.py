@@ -50,6 +50,7 @@ class ModelFamily:
         params["dtype"] = config.model.dtype
         params["param_dtype"] = config.model.param_dtype
         params["remat"] = config.model.remat
+        params["scan_layers"] = config.model.scan_layers
         fields = {f.name for f in dataclasses.fields(self.config_class)}
         for key in SHAPE_KEYS:
             value = config.model.get(key, 0)
@@ -136,6 +137,7 @@ MODELS: dict[str, ModelFamily] = {
         sizes=t5.SIZES,
         flops_per_token=_t5_flops,  # Inputs and targets of seq_len tokens.
         decode_fns=t5.decode_fns,
+        decode_params=t5.prepare_decode_params,
         extra_vocab=lambda config: config.seq2seq.extra_ids,
         heads_divide_width=False,
     ),

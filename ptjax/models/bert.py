@@ -44,6 +44,7 @@ class BertConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"  # A key of layers.REMAT_POLICIES, applied to each EncoderBlock.
+    scan_layers: bool = False  # The blocks as one nn.scan named 'layer' (layers.scan_stack).
 
     @property
     def head_dim(self) -> int:
@@ -204,10 +205,14 @@ class Bert(nn.Module):
         x = BertEmbeddings(cfg, name="embeddings")(
             input_ids, token_type_ids, position_ids, deterministic=deterministic
         )  # [batch, length, d_model]
-        block = layers.remat(EncoderBlock, cfg.remat)
-        for i in range(cfg.num_layers):
-            x = block(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
-            x = layers.constrain_batch(x)
+        if cfg.scan_layers:
+            stack = layers.scan_stack(EncoderBlock, cfg.remat, cfg.num_layers)
+            x = stack(cfg, name="layer")(x, mask, deterministic=deterministic)
+        else:
+            block = layers.remat(EncoderBlock, cfg.remat)
+            for i in range(cfg.num_layers):
+                x = block(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
+                x = layers.constrain_batch(x)
         if cfg.pre_ln:
             x = _layer_norm(cfg, "final_ln")(x)
         pooled = jnp.tanh(_dense(cfg, cfg.d_model, "pooler")(x[:, 0]))  # [batch, d_model]

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ptjax.models import layers
+from ptjax.models import layers, scan
 
 Array = jax.Array
 
@@ -29,6 +29,7 @@ class GPTConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"  # A key of layers.REMAT_POLICIES, applied to each DecoderBlock.
+    scan_layers: bool = False  # The blocks as one nn.scan named 'h' (layers.scan_stack).
 
     @property
     def head_dim(self) -> int:
@@ -163,17 +164,26 @@ class GPT(nn.Module):
         x = embed(inputs) + wpe(positions)  # [batch, length, d_model]
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         new_layers = []
-        block = layers.remat(DecoderBlock, cfg.remat)
-        for i in range(cfg.num_layers):
-            x, layer_cache = block(cfg, name=f"h_{i}")(
-                x,
-                mask,
-                deterministic=deterministic,
-                cache=None if cache is None else cache["layers"][i],
-                cache_index=index,
-            )
-            new_layers.append(layer_cache)
-            x = layers.constrain_batch(x)
+        if cfg.scan_layers:
+            if cache is not None:
+                raise ValueError(
+                    "A GPT with scan_layers=True takes no cache: decode_fns decode with its "
+                    "unscanned clone (ptjax.models.scan.unscanned)."
+                )
+            stack = layers.scan_stack(DecoderBlock, cfg.remat, cfg.num_layers)
+            x = stack(cfg, name="h")(x, mask, deterministic=deterministic)
+        else:
+            block = layers.remat(DecoderBlock, cfg.remat)
+            for i in range(cfg.num_layers):
+                x, layer_cache = block(cfg, name=f"h_{i}")(
+                    x,
+                    mask,
+                    deterministic=deterministic,
+                    cache=None if cache is None else cache["layers"][i],
+                    cache_index=index,
+                )
+                new_layers.append(layer_cache)
+                x = layers.constrain_batch(x)
         x = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name="ln_f"
         )(x)
@@ -212,11 +222,13 @@ _HEAD = "decode_output_kernel"
 
 
 def prepare_decode_params(params: Any) -> Any:
-    """Adds the output embedding transposed ([d_model, vocab]) for decoding loops.
+    """Adds the output embedding transposed ([d_model, vocab]) for decoding loops, and gives
+    scanned parameters the per-layer layout that decoding with a cache runs.
 
     Called once before a decoding loop: reading the [vocab, d_model] table transposed at every
     step costs about a third more on CPU than reading a copy laid out for the product.
     """
+    params = scan.unstack_layers(params)
     return {**params, _HEAD: params["wte"]["embedding"].T}
 
 
@@ -224,9 +236,13 @@ def decode_fns(model: GPT, max_new_tokens: int) -> tuple[Callable, Callable]:
     """(prefill, step) for ptjax.decoding: prompts must be left-padded (mask False on pads).
 
     Both take the model's parameters, or `prepare_decode_params(params)` for faster steps.
+    A model with scan_layers=True decodes as its unscanned clone (the same function), its
+    parameters unstacked (best once, by prepare_decode_params, rather than at every step).
     """
+    model = scan.unscanned(model)
 
     def split(params: Any) -> tuple[Any, Array | None]:
+        params = scan.unstack_layers(params)
         if _HEAD in params:
             return {k: v for k, v in params.items() if k != _HEAD}, params[_HEAD]
         return params, None

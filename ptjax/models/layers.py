@@ -8,6 +8,7 @@ position bias enters as an additive `bias`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -58,6 +59,40 @@ def remat(block: type[nn.Module], policy: str) -> type[nn.Module]:
 
     Remat.__name__ = Remat.__qualname__ = f"Remat{block.__name__}"
     return Remat
+
+
+def scan_stack(block: type[nn.Module], policy: str, length: int) -> type[nn.Module]:
+    """`length` copies of `block` (rematerialised under `policy`) as one `nn.scan`.
+
+    The one place where the families' block stacks get scanned (config key model.scan_layers):
+    the block is traced and compiled once, its parameters get a leading [length] axis and each
+    layer its own dropout stream. Called as `stack(cfg, name=...)(x, *args,
+    deterministic=...)`, which returns the residual stream after the last block; `args` are
+    the same for every layer (masks, position biases, the encoder output). The block returns x
+    or (x, ...); what follows x (keys and values) is dropped, so decoding with a cache runs the
+    unscanned layout (ptjax.models.scan converts the parameters).
+    """
+    base = remat(block, policy)
+
+    class Step(base):
+        def __call__(self, x: Array, args: tuple, deterministic: bool) -> tuple[Array, None]:
+            out = super().__call__(x, *args, deterministic=deterministic)
+            return constrain_batch(out[0] if isinstance(out, tuple) else out), None
+
+    scanned = nn.scan(
+        Step,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast),  # args and `deterministic`: every layer's.
+        length=length,
+    )
+
+    class Scanned(scanned):
+        def __call__(self, x: Array, *args: Any, deterministic: bool) -> Array:
+            return super().__call__(x, args, deterministic)[0]
+
+    Scanned.__name__ = Scanned.__qualname__ = f"Scanned{block.__name__}"
+    return Scanned
 
 
 def constrain_batch(x: Array) -> Array:

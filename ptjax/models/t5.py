@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptjax.models import layers
+from ptjax.models import layers, scan
 
 Array = jax.Array
 
@@ -56,6 +56,7 @@ class T5Config:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"  # A key of layers.REMAT_POLICIES, applied to each encoder/decoder layer.
+    scan_layers: bool = False  # Each stack's layers as one nn.scan named 'layer' (scan_stack).
 
     def __post_init__(self):
         if self.feed_forward not in FEED_FORWARDS:
@@ -417,10 +418,14 @@ class Encoder(nn.Module):
             positions, positions
         )
         x = dropout(x, deterministic=deterministic)
-        layer = layers.remat(EncoderLayer, cfg.remat)
-        for i in range(cfg.num_layers):
-            x = layer(cfg, name=f"layer_{i}")(x, mask, bias, deterministic=deterministic)
-            x = layers.constrain_batch(x)
+        if cfg.scan_layers:
+            stack = layers.scan_stack(EncoderLayer, cfg.remat, cfg.num_layers)
+            x = stack(cfg, name="layer")(x, mask, bias, deterministic=deterministic)
+        else:
+            layer = layers.remat(EncoderLayer, cfg.remat)
+            for i in range(cfg.num_layers):
+                x = layer(cfg, name=f"layer_{i}")(x, mask, bias, deterministic=deterministic)
+                x = layers.constrain_batch(x)
         x = _norm(cfg, "final_ln")(x)
         return dropout(x, deterministic=deterministic)
 
@@ -456,22 +461,33 @@ class Decoder(nn.Module):
         )
         x = dropout(x, deterministic=deterministic)
         self_kvs, cross_kvs = [], []
-        layer = layers.remat(DecoderLayer, cfg.remat)
-        for i in range(cfg.num_decoder_layers):
-            x, self_kv, cross_kv = layer(cfg, name=f"layer_{i}")(
-                x,
-                encoded,
-                self_mask,
-                cross_mask,
-                bias,
-                deterministic=deterministic,
-                cache=None if cache is None else cache[i],
-                cache_index=cache_index,
-                cross=None if cross is None else cross[i],
+        if cfg.scan_layers:
+            if cache is not None or cross is not None:
+                raise ValueError(
+                    "A T5 with scan_layers=True takes no cache: decode_fns decode with its "
+                    "unscanned clone (ptjax.models.scan.unscanned)."
+                )
+            stack = layers.scan_stack(DecoderLayer, cfg.remat, cfg.num_decoder_layers)
+            x = stack(cfg, name="layer")(
+                x, encoded, self_mask, cross_mask, bias, deterministic=deterministic
             )
-            x = layers.constrain_batch(x)
-            self_kvs.append(self_kv)
-            cross_kvs.append(cross_kv)
+        else:
+            layer = layers.remat(DecoderLayer, cfg.remat)
+            for i in range(cfg.num_decoder_layers):
+                x, self_kv, cross_kv = layer(cfg, name=f"layer_{i}")(
+                    x,
+                    encoded,
+                    self_mask,
+                    cross_mask,
+                    bias,
+                    deterministic=deterministic,
+                    cache=None if cache is None else cache[i],
+                    cache_index=cache_index,
+                    cross=None if cross is None else cross[i],
+                )
+                x = layers.constrain_batch(x)
+                self_kvs.append(self_kv)
+                cross_kvs.append(cross_kv)
         x = _norm(cfg, "final_ln")(x)
         return dropout(x, deterministic=deterministic), tuple(self_kvs), tuple(cross_kvs)
 
@@ -680,12 +696,15 @@ def decode_fns(model: T5, max_new_tokens: int) -> tuple[Callable, Callable]:
     """(prefill, step) for ptjax.decoding; the "prompt" is the encoder input and its mask.
 
     prefill encodes once, projects every layer's cross-attention keys/values into the cache and
-    returns the logits after the decoder start token (0); step feeds one target token.
+    returns the logits after the decoder start token (0); step feeds one target token. A model
+    with scan_layers=True decodes as its unscanned clone (the same function), its parameters
+    unstacked (best once, by prepare_decode_params, rather than at every step).
     """
+    model = scan.unscanned(model)
     cfg = model.config
 
     def prefill(params: Any, inputs: Array, inputs_mask: Array) -> tuple[Array, dict]:
-        variables = {"params": params}
+        variables = {"params": scan.unstack_layers(params)}
         encoded = model.apply(variables, inputs, inputs_mask, method=T5.encode)
         batch = inputs.shape[0]
         # The start token takes slot 0 and each of the max_new_tokens steps one more.
@@ -698,11 +717,21 @@ def decode_fns(model: T5, max_new_tokens: int) -> tuple[Callable, Callable]:
 
     def step(params: Any, tokens: Array, cache: dict) -> tuple[Array, dict]:
         logits, cache = model.apply(
-            {"params": params}, None, tokens[:, None], cache=cache, method=T5.decode
+            {"params": scan.unstack_layers(params)},
+            None,
+            tokens[:, None],
+            cache=cache,
+            method=T5.decode,
         )
         return logits[:, 0], cache
 
     return prefill, step
+
+
+def prepare_decode_params(params: Any) -> Any:
+    """The per-layer layout that decoding with a cache runs (scanned parameters unstacked once
+    before a decoding loop; others unchanged)."""
+    return scan.unstack_layers(params)
 
 
 def flops_per_token(cfg: T5Config, src_len: int, tgt_len: int) -> float:

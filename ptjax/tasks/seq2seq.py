@@ -177,6 +177,7 @@ class Seq2SeqWithDecoding(Seq2Seq):
                 _, sums = _loss(model, params, batch, rng=None, train=False)
                 tokens = batch["encoder_input_tokens"]
                 mask = batch["encoder_segment_ids"] > 0
+                params = t5.prepare_decode_params(params)  # Scanned layers unstacked once.
                 if beams > 1:
                     new, lengths, _ = beam_search(prefill, step, params, tokens, mask, cfg)
                 else:

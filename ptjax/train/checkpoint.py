@@ -8,7 +8,8 @@ directories (and nothing else).
 A newest checkpoint that cannot be read (a truncated or deleted file) is never deleted:
 `restore_latest` warns, falls back to the newest readable one and renames the unreadable ones to
 `<step>.unreadable-<time>`, so the run can save that step again and the damaged files stay for
-inspection. A checkpoint of another model shape is refused, naming the parameters.
+inspection. A checkpoint of another model shape is refused, naming the parameters; one of the
+other layer layout (model.scan_layers changed) is converted on restore (ptjax.models.scan).
 
 Resume order (trainer.py): this workdir's latest checkpoint, then `init_checkpoint`
 (parameters only, restored into the new model), then a fresh initialisation.
@@ -29,6 +30,8 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
+
+from ptjax.models import scan
 
 
 class CheckpointMismatchError(ValueError):
@@ -128,6 +131,14 @@ def _flat(tree: Any) -> dict:
     return traverse_util.flatten_dict(tree)
 
 
+def _saved_shapes(saved: Any, like: Any) -> Any:
+    """The shapes of saved parameters (from Orbax metadata; dtypes are not compared) in the
+    layer layout of `like` (scanned or not, see ptjax.models.scan): what the checkpoint gives
+    the model."""
+    shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.float32), dict(saved))
+    return scan.to_layout(shapes, scan.layout(like))
+
+
 class Checkpointer:
     """A CheckpointManager over WORKDIR/checkpoints with keep-N and async saves."""
 
@@ -160,22 +171,31 @@ class Checkpointer:
             force=True,
         )
 
-    def check_compatible(self, step: int, abstract_state: Any) -> None:
-        """Raises CheckpointMismatchError naming each parameter that does not fit."""
+    def check_compatible(self, step: int, abstract_state: Any) -> str | None:
+        """Raises CheckpointMismatchError naming each parameter that does not fit; returns the
+        checkpoint's layer layout (ptjax.models.scan: either fits, model.scan_layers aside)."""
         found = _read(self.directory / str(step), self._manager.item_metadata, step)["state"]
         tree = found.tree if hasattr(found, "tree") else found
-        problems = shape_mismatches(abstract_state.params, tree["params"])
+        saved = _saved_shapes(tree["params"], abstract_state.params)
+        problems = shape_mismatches(abstract_state.params, saved)
         if problems:
             raise CheckpointMismatchError(
                 f"Checkpoint {self.directory / str(step)} holds a model of another shape than "
                 "the config describes (use another --workdir, or fix the config):\n  "
                 + "\n  ".join(problems[:20])
             )
+        return scan.layout(tree["params"])
 
     def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
-        """Restores state (as numpy on the host) and the iterator position of `step`."""
-        self.check_compatible(step, abstract_state)
-        target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_state)
+        """Restores state (as numpy on the host) and the iterator position of `step`.
+
+        A state saved in the other layer layout (model.scan_layers changed) is read in its own
+        and converted, parameters and optimizer moments alike."""
+        saved_layout = self.check_compatible(step, abstract_state)
+        model_layout = scan.layout(abstract_state.params)
+        target = jax.tree.map(
+            lambda x: np.zeros(x.shape, x.dtype), scan.to_layout(abstract_state, saved_layout)
+        )
         restored = _read(
             self.directory / str(step),
             self._manager.restore,
@@ -184,7 +204,16 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(target), data=DataIteratorRestore(iterator)
             ),
         )
-        return restored["state"]
+        if saved_layout == model_layout:
+            return restored["state"]
+        logging.info(
+            "Checkpoint %s holds %s layers; converted to the %s layout of model.scan_layers=%s.",
+            self.directory / str(step),
+            saved_layout,
+            model_layout,
+            model_layout == scan.SCANNED,
+        )
+        return scan.to_layout(restored["state"], model_layout)
 
     def newest_compatible(self, abstract_state: Any) -> int | None:
         """The newest step whose metadata reads and fits the model (checked before any write).
@@ -337,14 +366,15 @@ def _step_directory(path: str) -> epath.Path:
 def restore_params(path: str, abstract_params: Any) -> Any:
     """Parameters from a checkpoint step directory (or a workdir's latest), read-only.
 
-    Every parameter of the model must be in the checkpoint with its shape, and nothing else.
+    Every parameter of the model must be in the checkpoint with its shape, and nothing else;
+    a checkpoint of the other layer layout (model.scan_layers) is converted to the model's.
     The source is never written to.
     """
     root = _step_directory(path)
     handler = ocp.StandardCheckpointHandler()
     meta = _read(root, handler.metadata, root / "state")
     tree = meta.tree if hasattr(meta, "tree") else meta
-    problems = shape_mismatches(abstract_params, tree["params"])
+    problems = shape_mismatches(abstract_params, _saved_shapes(tree["params"], abstract_params))
     if problems:
         raise CheckpointMismatchError(
             f"init_checkpoint {root} does not fit the model:\n  " + "\n  ".join(problems[:20])
@@ -352,7 +382,8 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     # Read the whole saved state without a target (it may hold another optimizer's state) and
     # keep its parameters.
     full = _read(root, ocp.Checkpointer(handler).restore, root / "state")
-    return jax.tree.map(np.asarray, full["params"])
+    params = scan.to_layout(dict(full["params"]), scan.layout(abstract_params))
+    return jax.tree.map(np.asarray, params)
 
 
 @dataclasses.dataclass
@@ -373,14 +404,15 @@ def restore_matching_params(path: str, fresh_params: Any) -> PartialRestore:
     the checkpoint lacks keep their fresh values (a new head), checkpoint parameters the model
     lacks are ignored (an old head). A shared parameter of another shape is an error naming it
     (a different vocabulary shows up as the word embeddings), as is a checkpoint that shares
-    nothing with the model. The source is only read.
+    nothing with the model. A checkpoint of the other layer layout (model.scan_layers) is
+    converted to the model's. The source is only read.
     """
     root = _step_directory(path)
     handler = ocp.StandardCheckpointHandler()
     meta = _read(root, handler.metadata, root / "state")
     tree = meta.tree if hasattr(meta, "tree") else meta
     want = _flat(fresh_params)
-    have = _flat(tree["params"])
+    have = _flat(_saved_shapes(tree["params"], fresh_params))
     shared = sorted(set(want) & set(have))
     bad = [
         f"{'/'.join(map(str, k))}: checkpoint has shape {tuple(have[k].shape)}, model expects "
@@ -405,7 +437,7 @@ def restore_matching_params(path: str, fresh_params: Any) -> PartialRestore:
             f"{', '.join(sorted({str(k[0]) for k in want}))})."
         )
     full = _read(root, ocp.Checkpointer(handler).restore, root / "state")
-    saved = _flat(full["params"])
+    saved = _flat(scan.to_layout(dict(full["params"]), scan.layout(fresh_params)))
     merged = {k: np.asarray(saved[k]) if k in have else np.asarray(v) for k, v in want.items()}
     name = lambda keys: ["/".join(map(str, k)) for k in sorted(keys)]  # noqa: E731
     return PartialRestore(

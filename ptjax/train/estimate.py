@@ -1,13 +1,14 @@
 """Pre-flight: what a run's train step costs per device, found by compiling it, not running it.
 
 `estimate(config)` builds the trainer's pmap train step for the configured model, task, batch,
-dtype, remat and microbatching, lowers it with abstract arguments (`jax.ShapeDtypeStruct`s from
-`jax.eval_shape`: no parameter is allocated) and compiles it ahead of time. XLA's own
-`memory_analysis()` of that executable gives the per-device bytes of arguments (state + batch),
-outputs, temporaries and aliased (donated) buffers; `cost_analysis()` gives its FLOPs, next to the
-model's analytical FLOPs per token (`ModelFamily.flops_per_token`): the two differ by what
-the analytical count leaves out (softmax, norms, the optimizer) and by what the model skips
-(BERT's masked-LM head projects only the masked positions). `largest_batch` bisects the
+dtype, remat, layer scan and microbatching, lowers it with abstract arguments
+(`jax.ShapeDtypeStruct`s from `jax.eval_shape`: no parameter is allocated) and compiles it ahead
+of time, timing both. XLA's own `memory_analysis()` of that executable gives the per-device bytes
+of arguments (state + batch), outputs, temporaries and aliased (donated) buffers;
+`cost_analysis()` gives its FLOPs, next to the model's analytical FLOPs per token
+(`ModelFamily.flops_per_token`): the two differ by what the analytical count leaves out (softmax,
+norms, the optimizer) and by what the model skips (BERT's masked-LM head projects only the
+masked positions). `largest_batch` bisects the
 per-device batch against a memory budget.
 
 The figures are those of the backend that compiles: on the accelerator itself they are XLA's
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any
 
 import jax
@@ -48,10 +50,14 @@ class Estimate:
     alias_bytes: int  # Outputs written into donated arguments (the state): counted once.
     generated_code_bytes: int
     # XLA's count for the compiled step (per device). XLA counts a loop's body once, so the
-    # count is multiplied by num_microbatches (the step's one loop, the microbatch scan).
+    # count is multiplied by num_microbatches (the microbatch scan); with model.scan_layers the
+    # layers are loops too, and the count holds one layer per stack (the model count does not).
     flops_per_step: float
     model_flops_per_step: float  # Analytical: flops_per_token x tokens per device per step.
     tokens_per_step: int  # Per device.
+    # Seconds to trace, lower and compile the step on this machine: what model.scan_layers
+    # saves on deep models (one compiled block instead of one per layer).
+    compile_seconds: float = 0.0
 
     @property
     def peak_bytes(self) -> int:
@@ -178,8 +184,10 @@ def estimate(
     `compiler_options` go to XLA (e.g. a lower optimisation level for faster compiles).
     """
     rows = per_device_batch_size or config.per_device_batch_size
+    start = time.perf_counter()
     lowered, num_params, model_config = lower_train_step(config, rows)
     compiled = lowered.compile(compiler_options)
+    compile_seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     family = models.MODELS[config.model.family]
     tokens = rows * config.seq_len
@@ -194,6 +202,7 @@ def estimate(
         flops_per_step=_flops(compiled) * config.num_microbatches,
         model_flops_per_step=family.flops_per_token(model_config, config.seq_len) * tokens,
         tokens_per_step=tokens,
+        compile_seconds=compile_seconds,
     )
 
 

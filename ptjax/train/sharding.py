@@ -6,7 +6,8 @@ attention heads, the feed-forward width and the vocabulary; batches are split ov
 The rules match the end of a path, so the optimizer state's moments (whose paths end with their
 parameter's) are sharded like their parameters. A dimension that does not divide over its mesh
 axis is replicated instead; anything no rule names (norms, output biases, T5's relative
-position tables, step counters) is replicated.
+position tables, step counters) is replicated. A scanned block stack (model.scan_layers) is
+sharded layer by layer as the unscanned one, its leading layer axis replicated.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ptjax.models import scan
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -36,6 +39,10 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"lm_head/kernel$", ("embed", "vocab")),
 )
 
+# A scanned block stack (model.scan_layers, ptjax.models.scan): its arrays carry one leading
+# "layers" axis before those of the rules above.
+_SCANNED = re.compile(rf"(^|/)({'|'.join(scan.STACKS)})/")
+
 # Logical axis -> mesh axis (None: replicated).
 LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),
@@ -44,6 +51,7 @@ LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     "mlp": "tensor",
     "vocab": "tensor",
     "kv": None,
+    "layers": None,  # Every device holds its shard of every layer.
 }
 
 
@@ -75,11 +83,13 @@ def _axis_size(mesh: Mesh, axis: str | tuple[str, ...] | None) -> int:
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
-    """The logical axes of the array at `path` ('a/b/c'): the first matching rule's, else none."""
+    """The logical axes of the array at `path` ('a/b/c'): the first matching rule's, after a
+    leading "layers" axis in a scanned stack; else none."""
+    layers = ("layers",) if ndim and _SCANNED.search(path) else ()
     for pattern, axes in PARAM_RULES:
-        if re.search(pattern, path) and len(axes) == ndim:
-            return axes
-    return (None,) * ndim
+        if re.search(pattern, path) and len(layers + axes) == ndim:
+            return layers + axes
+    return layers + (None,) * (ndim - len(layers))
 
 
 def partition_spec(path: str, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
