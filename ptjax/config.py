@@ -135,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_prompts = ("",)  # "" samples from the start of a document.
     c.sample_max_new_tokens = 32
     c.init_checkpoint = ""  # A checkpoint directory to start from when the workdir has none.
+    # Input-pipeline positions belong to the process count that saved them. Resuming under
+    # another count is refused unless this is True: then the train state resumes and each
+    # process reads its new shard in a new order, drawn from (seed, step) and recorded.
+    c.reshard_data_on_resume = False
     # Best-checkpoint tracking: an eval metric name (e.g. 'f1/spam', 'loss'); '' keeps none.
     c.best_metric = ""
     c.best_metric_mode = "max"  # 'max' or 'min'.

@@ -9,6 +9,7 @@ Every train loss it logged, read back from TensorBoard, must equal the reference
 import glob
 import json
 import os
+import pathlib
 import random
 import re
 import shutil
@@ -526,3 +527,22 @@ def test_a_checkpoint_of_another_process_count_is_refused_by_name(six_steps, tmp
     with pytest.raises(CheckpointMismatchError, match="another number of processes"):
         trainer.train_and_evaluate(config, workdir)
     assert snapshot(workdir) == before
+
+    # Asked to, the run resumes its train state at step 6 with a new data order, recorded with
+    # the next checkpoint's positions, so that a plain resume after it continues exactly: 6 -> 7
+    # resharded, then 7 -> 8 plain, gives the losses of 6 -> 8 resharded in one go.
+    config = config.copy_and_resolve_references()
+    config.reshard_data_on_resume = True
+    straight = str(tmp_path / "straight")
+    shutil.copytree(workdir, straight)
+    assert trainer.train_and_evaluate(config, straight)["step"] == 8
+    assert trainer.train_and_evaluate(config, workdir, stop_after_steps=1)["step"] == 7
+    seed = trainer.resharded_data_seed(config.seed, 6)
+    layout = pathlib.Path(workdir, "checkpoints", "7", "data", "layout.json")
+    assert json.loads(layout.read_text()) == {"process_count": 1, "data_seed": seed}
+    kept = [path.replace("process0of1", "process0of2") for path in saved if "/6/" in path]
+    assert kept and all(os.path.exists(path) for path in kept)  # Step 6's, as they were.
+    config.reshard_data_on_resume = False
+    assert trainer.train_and_evaluate(config, workdir)["step"] == 8
+    assert read_losses(workdir)[8] == read_losses(straight)[8]
+    assert read_losses(workdir)[7] == read_losses(straight)[7]

@@ -85,6 +85,8 @@ class DataIterator:
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
         # One file per process and process count: a restore with a different count fails loudly.
         self._name = f"data_iterator-process{process_index}of{process_count}"
+        # The seed the pipeline's order was drawn from (set by the trainer; checkpoints record it).
+        self.data_seed: int | None = None
 
     @property
     def element_spec(self) -> dict:

@@ -42,6 +42,13 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint whose files cannot be read."""
 
 
+class DataLayoutError(CheckpointMismatchError):
+    """Input-pipeline positions saved by another number of processes (or another data order)."""
+
+
+DATA_LAYOUT_FILE = "layout.json"  # In each step's data item: process count and data seed.
+
+
 def _read(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Runs an Orbax read; a failure becomes an error that names the checkpoint."""
     try:
@@ -60,21 +67,35 @@ class DataIteratorHandler(ocp.CheckpointHandler):
 
     def save(self, directory: epath.Path, args: DataIteratorSave) -> None:
         args.iterator.save(os.fspath(directory / f"process_{jax.process_index()}"))
+        seed = getattr(args.iterator, "data_seed", None)
+        if jax.process_index() == 0 and seed is not None:
+            layout = {"process_count": jax.process_count(), "data_seed": int(seed)}
+            (directory / DATA_LAYOUT_FILE).write_text(json.dumps(layout))
 
     def restore(self, directory: epath.Path, args: DataIteratorRestore) -> Any:
         path = directory / f"process_{jax.process_index()}"
-        saved = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+        saved = sorted(p.name for p in directory.glob("process_*")) if directory.exists() else []
         layout = (
             f"{directory} holds the input-pipeline positions of another number of processes "
             f"({', '.join(saved) or 'none'}; this run is process {jax.process_index()} of "
             f"{jax.process_count()}). A run's data order is fixed by its process count: resume "
-            "it with the same number of processes, or start a new run from these parameters "
-            "with --config.init_checkpoint=<that step directory>. Nothing was changed."
+            "it with the same number of processes; or resume its train state with each process "
+            "reading its shard in a new order, with --config.reshard_data_on_resume=True; or "
+            "start a new run from these parameters with --config.init_checkpoint=<that step "
+            "directory>."
         )
         if not path.exists():
             if saved:
-                raise CheckpointMismatchError(layout)
+                raise DataLayoutError(layout)
             raise FileNotFoundError(f"No input-pipeline state in {directory}.")
+        recorded = _data_layout(directory)
+        seed = getattr(args.iterator, "data_seed", None)
+        if recorded and seed is not None and recorded["data_seed"] != seed:
+            raise DataLayoutError(
+                f"{directory} holds input-pipeline positions of data seed "
+                f"{recorded['data_seed']}, and this run's pipeline was built with {seed}. "
+                "Nothing was changed."
+            )
         try:
             args.iterator.restore(os.fspath(path))
         except FileNotFoundError:
@@ -85,7 +106,7 @@ class DataIteratorHandler(ocp.CheckpointHandler):
             names = [p.name for p in path.iterdir()]
             others = [n for n in names if n.startswith("data_iterator-process")]
             if ours and others and not any(n.startswith(ours) for n in others):
-                raise CheckpointMismatchError(layout) from None
+                raise DataLayoutError(layout) from None
             raise
         return args.iterator
 
@@ -109,6 +130,12 @@ class DataIteratorSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class DataIteratorRestore(ocp.args.CheckpointArgs):
     iterator: Any
+
+
+def _data_layout(directory: epath.Path) -> dict | None:
+    """A step's recorded data layout ({'process_count', 'data_seed'}), or None (older saves)."""
+    path = directory / DATA_LAYOUT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def shape_mismatches(expected: Any, found: Any) -> list[str]:
@@ -186,8 +213,15 @@ class Checkpointer:
             )
         return scan.layout(tree["params"])
 
+    def data_seed(self, step: int, *, default: int) -> int:
+        """The data seed recorded with `step`'s input-pipeline positions (`default` for a save
+        that recorded none: the run's own seed)."""
+        layout = _data_layout(self.directory / str(step) / "data")
+        return int(layout["data_seed"]) if layout else default
+
     def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
-        """Restores state (as numpy on the host) and the iterator position of `step`.
+        """Restores state (as numpy on the host) and the iterator position of `step` (iterator
+        None: the state alone, as a resume under another process count takes it).
 
         A state saved in the other layer layout (model.scan_layers changed) is read in its own
         and converted, parameters and optimizer moments alike."""
@@ -196,14 +230,11 @@ class Checkpointer:
         target = jax.tree.map(
             lambda x: np.zeros(x.shape, x.dtype), scan.to_layout(abstract_state, saved_layout)
         )
-        restored = _read(
-            self.directory / str(step),
-            self._manager.restore,
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), data=DataIteratorRestore(iterator)
-            ),
-        )
+        items = {"state": ocp.args.StandardRestore(target)}
+        if iterator is not None:
+            items["data"] = DataIteratorRestore(iterator)
+        args = ocp.args.Composite(**items)
+        restored = _read(self.directory / str(step), self._manager.restore, step, args=args)
         if saved_layout == model_layout:
             return restored["state"]
         logging.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from ptjax.train.checkpoint import (
     Checkpointer,
     CheckpointMismatchError,
     CorruptCheckpointError,
+    DataLayoutError,
     restore_matching_params,
 )
 from ptjax.train.state import TrainState
@@ -207,6 +209,30 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> N
     with open(path + ".tmp", "w") as f:  # Then renamed: a kill never leaves half a file.
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def train_batches(
+    task: Any,
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    data_seed: int,
+    data_kwargs: dict[str, Any],
+) -> Any:
+    """The task's train iterator with its order drawn from `data_seed` (the run's seed, unless
+    a resume under another process count drew a new one), which its checkpoints record."""
+    if data_seed != config.seed:
+        config = config.copy_and_resolve_references()
+        config.seed = data_seed  # Read by the input pipeline only.
+    iterator = task.train_batches(config, tokenizer, **data_kwargs)
+    iterator.data_seed = data_seed
+    return iterator
+
+
+def resharded_data_seed(seed: int, step: int) -> int:
+    """The data seed of a run resumed at `step` under another process count: new for each such
+    resume, and the same on every process."""
+    digest = hashlib.sha256(f"{seed}:reshard:{step}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def init_params(config: ml_collections.ConfigDict, model: Any, rng: jax.Array) -> Any:
@@ -435,7 +461,12 @@ def _train_and_evaluate(
         process_count=jax.process_count(),
         local_device_count=num_devices,
     )
-    train_iter = task.train_batches(config, tokenizer, **data_kwargs)
+    # The data order of a run is fixed by its seed, or by the one a resume under another
+    # process count drew (saved with the positions; see reshard_data_on_resume).
+    data_seed = config.seed
+    if latest is not None:
+        data_seed = checkpointer.data_seed(latest, default=config.seed)
+    train_iter = train_batches(task, config, tokenizer, data_seed, data_kwargs)
     task.eval_batches(config, tokenizer, **data_kwargs)  # A bad eval split fails now, not later.
     names = task.metric_names()
     if config.best_metric and config.best_metric not in names:
@@ -453,7 +484,23 @@ def _train_and_evaluate(
     cleanup.callback(checkpointer.close)  # Waits for the last async save, also on errors.
     restored = None
     if latest is not None:
-        restored = checkpointer.restore_latest(abstract_state, train_iter)
+        try:
+            restored = checkpointer.restore_latest(abstract_state, train_iter)
+        except DataLayoutError as e:
+            if not config.reshard_data_on_resume:
+                raise DataLayoutError(f"{e} Nothing was changed.") from None
+            restored = checkpointer.restore_latest(abstract_state, None)  # The state alone.
+            data_seed = resharded_data_seed(config.seed, restored[0])
+            train_iter = train_batches(task, config, tokenizer, data_seed, data_kwargs)
+            logging.warning(
+                "%s\nAs reshard_data_on_resume=True: resuming the train state of step %d with "
+                "each of the %d processes reading its shard in a new order (data seed %d); "
+                "examples of the current epoch may repeat or be left out.",
+                e,
+                restored[0],
+                jax.process_count(),
+                data_seed,
+            )
     if restored is not None:
         latest, state = restored
         logging.info("Resuming from %s/%d", checkpointer.directory, latest)
