@@ -262,7 +262,7 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
 
     from ptjax import config as config_lib
     from ptjax import config_presets, models
-    from ptjax.train import trainer
+    from ptjax.train.state import init_params  # Not trainer's: no TensorFlow on this path.
 
     size = opts.size or DEFAULT_SIZES[opts.model]
     if opts.model == "gpt":
@@ -283,7 +283,7 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     model, model_config = models.build(config)
     family = models.MODELS[config.model.family]
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = jax.jit(functools.partial(trainer.init_params, config, model))(init_rng)
+    params = jax.jit(functools.partial(init_params, config, model))(init_rng)
     return config, model, model_config, family, params, state_rng
 
 
@@ -735,6 +735,17 @@ SIDES = {
 }
 
 
+def _peak_device_mib(side_name: str) -> float | None:
+    """ptjax's peak accelerator memory (the first device's allocator); None on a CPU."""
+    if side_name != "ptjax":
+        return None
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None or jax.default_backend() == "cpu" else peak / 2**20
+
+
 def _serve(side_name: str, opts: Options) -> None:
     """The worker's loop: build, compile and warm up the side, then run blocks on request."""
     import resource
@@ -783,7 +794,7 @@ def _serve(side_name: str, opts: Options) -> None:
             result["matmul_flops_per_second"] = side.matmul_flops(tries=2)
             send(dict(result, loss=side.last_loss))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
-        send({"peak_rss_mib": peak})
+        send({"peak_rss_mib": peak, "peak_device_mib": _peak_device_mib(side_name)})
     except Exception as e:  # Reported by the parent with the worker's stderr.
         send({"error": f"{type(e).__name__}: {e}"})
         raise
@@ -947,6 +958,7 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
                 "other_cpu_fraction": _median([b["other_cpu_fraction"] for b in runs]),
                 "mfu": tps * flops_per_token / peak,
                 "peak_rss_mib": info["peak_rss_mib"],
+                "peak_device_mib": info.get("peak_device_mib"),
                 "first_step_seconds": info["first_step_seconds"],
                 "warmup_seconds": info["warmup_seconds"],
                 "parameters": info["parameters"],
@@ -972,6 +984,7 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
     result["ptjax_step_seconds"] = head["ptjax"]["step_seconds"]
     result["ptjax_mfu"] = head["ptjax"]["mfu"]
     result["ptjax_peak_rss_mib"] = head["ptjax"]["peak_rss_mib"]
+    result["ptjax_peak_device_mib"] = head["ptjax"]["peak_device_mib"]  # None on a CPU.
     result["ptjax_compile_seconds"] = head["ptjax"]["first_step_seconds"]
     has_baseline = "hf" in head
     result["baseline_tokens_per_second"] = head["hf"]["tokens_per_second"] if has_baseline else None

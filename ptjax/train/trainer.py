@@ -17,7 +17,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -42,7 +41,7 @@ from ptjax.train.checkpoint import (
     DataLayoutError,
     restore_matching_params,
 )
-from ptjax.train.state import TrainState
+from ptjax.train.state import TrainState, init_params, init_state
 
 CONFIG_FILE = "config.json"
 # What a ptjax workdir may hold; a directory with anything else is not one.
@@ -233,17 +232,6 @@ def resharded_data_seed(seed: int, step: int) -> int:
     resume, and the same on every process."""
     digest = hashlib.sha256(f"{seed}:reshard:{step}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def init_params(config: ml_collections.ConfigDict, model: Any, rng: jax.Array) -> Any:
-    dummy = jnp.zeros((1, config.seq_len), jnp.int32)
-    return model.init(rng, dummy, dummy, dummy)["params"]
-
-
-def init_state(config: ml_collections.ConfigDict, model: Any, tx: Any) -> TrainState:
-    """A fresh state from config.seed: parameters, optimizer state, step 0, the run's key."""
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    return TrainState.create(init_params(config, model, init_rng), tx, state_rng)
 
 
 def eval_sums(p_eval_step: Any, params: Any, batches: Any) -> dict[str, np.ndarray]:
