@@ -392,3 +392,34 @@ def test_lengths_beyond_max_len_are_rejected():
         t5.T5(cfg).init(jax.random.PRNGKey(0), ids, ids[:, :4])
     with pytest.raises(ValueError, match="feed_forward"):
         _tiny(feed_forward="swiglu")
+
+
+@pytest.mark.parametrize("variant", ["v1_0", "v1_1"])  # Tied (scaled) and separate LM head.
+def test_seq2seq_loss_from_hidden_states_equals_cross_entropy_of_the_logits(variant):
+    """The seq2seq task's loss takes (hidden, output matrix) and the fused cross-entropy; its
+    sums equal optax's cross-entropy and argmax on the model's logits."""
+    import optax
+
+    from ptjax.tasks.seq2seq import _loss
+
+    cfg, _, params = _tiny_model(variant)
+    model = t5.T5(cfg)
+    enc, dec, enc_mask, dec_mask = _batch(seed=5)
+    targets = np.roll(dec, -1, axis=1)
+    batch = dict(
+        encoder_input_tokens=enc,
+        decoder_input_tokens=dec,
+        decoder_target_tokens=targets,
+        encoder_segment_ids=enc_mask,
+        decoder_segment_ids=dec_mask,
+        encoder_positions=np.broadcast_to(np.arange(enc.shape[1]), enc.shape),
+        decoder_positions=np.broadcast_to(np.arange(dec.shape[1]), dec.shape),
+        decoder_loss_weights=dec_mask.astype(np.float32),
+    )
+    _, sums = jax.jit(lambda p, b: _loss(model, p, b, rng=None, train=False))(params, batch)
+    logits = _apply(model)({"params": params}, enc, dec, enc_mask, dec_mask)
+    weights = batch["decoder_loss_weights"]
+    want = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    np.testing.assert_allclose(sums["loss_sum"], np.sum(want * weights), rtol=1e-5)
+    correct = np.sum((np.argmax(logits, -1) == targets) * weights)
+    assert float(sums["correct"]) == correct and float(sums["weight"]) == weights.sum()

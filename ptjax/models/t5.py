@@ -576,8 +576,13 @@ class T5(nn.Module):
         decoder_positions: Array | None = None,
         deterministic: bool = True,
         cache: dict[str, Any] | None = None,
-    ) -> Array | tuple[Array, dict[str, Any]]:
+        return_hidden: bool = False,
+    ) -> Array | tuple[Array, Any]:
         """Logits [batch, tgt_len, vocab] float32 (and the new cache when given one).
+
+        With `return_hidden` (no cache) it returns (hidden [batch, tgt_len, d_model], output
+        matrix [vocab, d_model]) whose product is the logits (the tied head's d_model^-0.5 scale
+        applied to the hidden states), for `losses.tied_softmax_cross_entropy`.
 
         With a cache, `decoder_input_tokens` are written after what it holds (rows move in
         lockstep, no target padding, no packing). Given `encoded` (prefill), the cross-attention
@@ -623,6 +628,11 @@ class T5(nn.Module):
             cache_index=index,
             cross=cross,
         )  # [batch, tgt_len, d_model]
+        if return_hidden and cache is None:
+            if cfg.tie_word_embeddings:
+                return x * cfg.d_model**-0.5, jnp.asarray(self.shared.embedding, x.dtype)
+            kernel = self.lm_head.variables["params"]["kernel"]  # [d_model, vocab]
+            return x, jnp.asarray(kernel, x.dtype).T
         if cfg.tie_word_embeddings:
             logits = self.shared.attend(x * cfg.d_model**-0.5)
         else:
@@ -654,7 +664,8 @@ class T5(nn.Module):
         encoder_positions: Array | None = None,  # [batch, src_len]
         decoder_positions: Array | None = None,  # [batch, tgt_len]
         deterministic: bool = True,
-    ) -> Array:
+        return_hidden: bool = False,  # (hidden, output matrix) instead of logits; see decode.
+    ) -> Array | tuple[Array, Array]:
         encoded = self.encode(
             encoder_input_tokens,
             encoder_mask,
@@ -671,6 +682,7 @@ class T5(nn.Module):
             decoder_segment_ids=decoder_segment_ids,
             decoder_positions=decoder_positions,
             deterministic=deterministic,
+            return_hidden=return_hidden,
         )
 
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+
+from ptjax.tasks import losses
 
 if TYPE_CHECKING:
     from ptjax.train.parallel import Parallel
@@ -29,7 +30,7 @@ def _loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     encoder_segments = batch["encoder_segment_ids"]  # [batch, src_len], 0 on padding
     decoder_segments = batch["decoder_segment_ids"]  # [batch, tgt_len]
-    logits = model.apply(
+    hidden, output = model.apply(
         {"params": params},
         batch["encoder_input_tokens"],
         batch["decoder_input_tokens"],
@@ -41,10 +42,11 @@ def _loss(
         decoder_positions=batch["decoder_positions"],
         deterministic=not train,
         rngs={"dropout": rng} if train else None,
-    )  # [batch, tgt_len, vocab] float32
+        return_hidden=True,
+    )  # [batch, tgt_len, d_model], [vocab, d_model]: the logits' factors
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    # The [tokens, vocab] logits made once, in float32, the target's gathered (GPT's loss).
+    token_loss, correct = losses.tied_softmax_cross_entropy(hidden, output, targets)
     loss_sum = jnp.sum(token_loss * weights)
     return loss_sum, {
         "loss_sum": loss_sum,
