@@ -200,13 +200,16 @@ def test_cached_decoding_equals_the_full_forward(hf_and_params):
     enc, dec, enc_mask, _ = _batch(seed=1)
     full = apply({"params": params}, enc, dec, enc_mask)  # [batch, tgt_len, vocab]
     prefill, step = t5.decode_fns(model, max_new_tokens=dec.shape[1])
-    logits, cache = jax.jit(prefill)(params, jnp.asarray(enc), jnp.asarray(enc_mask, bool))
+    # The loops' layout (a tied head also transposed); raw params are decoded in the HF tests.
+    prepared = t5.prepare_decode_params(params)
+    assert (len(prepared) > len(params)) == cfg.tie_word_embeddings
+    logits, cache = jax.jit(prefill)(prepared, jnp.asarray(enc), jnp.asarray(enc_mask, bool))
     for leaf in jax.tree.leaves(cache):
         assert leaf.shape[0] == 3  # Beam search gathers every leaf along the batch.
     np.testing.assert_allclose(logits, full[:, 0], atol=1e-5, rtol=1e-5)
     step = jax.jit(step)
     for t in range(1, dec.shape[1]):
-        logits, cache = step(params, jnp.asarray(dec[:, t]), cache)
+        logits, cache = step(prepared, jnp.asarray(dec[:, t]), cache)
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5, rtol=1e-5)
 
 

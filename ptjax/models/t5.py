@@ -577,6 +577,7 @@ class T5(nn.Module):
         deterministic: bool = True,
         cache: dict[str, Any] | None = None,
         return_hidden: bool = False,
+        output_kernel: Array | None = None,  # [d_model, vocab]: shared transposed, to decode
     ) -> Array | tuple[Array, Any]:
         """Logits [batch, tgt_len, vocab] float32 (and the new cache when given one).
 
@@ -633,7 +634,9 @@ class T5(nn.Module):
                 return x * cfg.d_model**-0.5, jnp.asarray(self.shared.embedding, x.dtype)
             kernel = self.lm_head.variables["params"]["kernel"]  # [d_model, vocab]
             return x, jnp.asarray(kernel, x.dtype).T
-        if cfg.tie_word_embeddings:
+        if cfg.tie_word_embeddings and output_kernel is not None:  # Laid out for the product.
+            logits = (x * cfg.d_model**-0.5) @ output_kernel.astype(x.dtype)
+        elif cfg.tie_word_embeddings:
             logits = self.shared.attend(x * cfg.d_model**-0.5)
         else:
             logits = self.lm_head(x)
@@ -715,35 +718,50 @@ def decode_fns(model: T5, max_new_tokens: int) -> tuple[Callable, Callable]:
     model = scan.unscanned(model)
     cfg = model.config
 
+    def split(params: Any) -> tuple[dict, Array | None]:
+        params = scan.unstack_layers(params)
+        head = params.get(_HEAD)
+        return {"params": {k: v for k, v in params.items() if k != _HEAD}}, head
+
     def prefill(params: Any, inputs: Array, inputs_mask: Array) -> tuple[Array, dict]:
-        variables = {"params": scan.unstack_layers(params)}
+        variables, head = split(params)
         encoded = model.apply(variables, inputs, inputs_mask, method=T5.encode)
         batch = inputs.shape[0]
         # The start token takes slot 0 and each of the max_new_tokens steps one more.
         cache = init_cache(cfg, batch, max_new_tokens + 1)
         start = jnp.full((batch, 1), DECODER_START_ID, jnp.int32)
         logits, cache = model.apply(
-            variables, encoded, start, inputs_mask, cache=cache, method=T5.decode
+            variables,
+            encoded,
+            start,
+            inputs_mask,
+            cache=cache,
+            output_kernel=head,
+            method=T5.decode,
         )
         return logits[:, 0], cache
 
     def step(params: Any, tokens: Array, cache: dict) -> tuple[Array, dict]:
+        variables, head = split(params)
         logits, cache = model.apply(
-            {"params": scan.unstack_layers(params)},
-            None,
-            tokens[:, None],
-            cache=cache,
-            method=T5.decode,
+            variables, None, tokens[:, None], cache=cache, output_kernel=head, method=T5.decode
         )
         return logits[:, 0], cache
 
     return prefill, step
 
 
+_HEAD = "decode_output_kernel"
+
+
 def prepare_decode_params(params: Any) -> Any:
-    """The per-layer layout that decoding with a cache runs (scanned parameters unstacked once
-    before a decoding loop; others unchanged)."""
-    return scan.unstack_layers(params)
+    """The parameters as a decoding loop reads them best, made once before it: scanned layers
+    unstacked, and a tied output embedding also transposed ([d_model, vocab]), as GPT's (each
+    step's product then reads the table in its own layout)."""
+    params = scan.unstack_layers(params)
+    if "lm_head" in params or _HEAD in params:  # A separate head is [d_model, vocab] already.
+        return params
+    return {**params, _HEAD: params["shared"]["embedding"].T}
 
 
 def flops_per_token(cfg: T5Config, src_len: int, tgt_len: int) -> float:
