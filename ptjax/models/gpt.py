@@ -205,7 +205,7 @@ class GPT(nn.Module):
 
 def init_cache(cfg: GPTConfig, batch: int, max_len: int) -> dict[str, Any]:
     """An empty decoding cache for `max_len` positions (prompt + new tokens)."""
-    kv = (batch, max_len, cfg.num_heads, cfg.head_dim)
+    kv = (batch, cfg.num_heads, max_len, cfg.head_dim)  # Heads first: read in place.
     dtype = jnp.dtype(cfg.dtype)
     return {
         "index": jnp.zeros((batch,), jnp.int32),  # Next cache slot to write.

@@ -224,9 +224,10 @@ class Attention(nn.Module):
     """Multi-head attention without biases or 1/sqrt(d) scaling (Mesh TF's init instead).
 
     Self-attention projects keys and values from `inputs_kv`; with a `cache` ({'key', 'value'}:
-    [batch, max_len, heads, d_kv]) they are written at `cache_index` and the queries attend over
+    [batch, heads, max_len, d_kv]) they are written at `cache_index` and the queries attend over
     the whole cache. Cross-attention while decoding passes `kv` (keys and values projected once
-    from the encoder output) instead of `inputs_kv`. Returns (output, the keys and values used).
+    from the encoder output, [batch, heads, src_len, d_kv]) instead of `inputs_kv`. Returns
+    (output, the keys and values used, heads first as the caches hold them).
     """
 
     config: T5Config
@@ -258,17 +259,14 @@ class Attention(nn.Module):
             )
 
         query = proj("query", (cfg.d_model * cfg.d_kv) ** -0.5)(inputs_q)  # [b, q, h, d_kv]
+        heads_first = kv is not None or cache is not None
         if kv is None:
             key = proj("key", cfg.d_model**-0.5)(inputs_kv)  # [batch, kv_len, heads, d_kv]
             value = proj("value", cfg.d_model**-0.5)(inputs_kv)
         else:
-            key, value = kv["key"], kv["value"]
+            key, value = kv["key"], kv["value"]  # [batch, heads, kv_len, d_kv]
         if cache is not None:
-            start = (0, cache_index, 0, 0)
-            key = jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start)
-            value = jax.lax.dynamic_update_slice(
-                cache["value"], value.astype(cache["value"].dtype), start
-            )
+            key, value = layers.write_cache(cache, key, value, cache_index)
         dropout_rng = None
         if not deterministic and cfg.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -278,6 +276,7 @@ class Attention(nn.Module):
             value,
             mask,
             bias,
+            kv_heads_first=heads_first,
             scale=1.0,
             dropout_rate=cfg.dropout_rate,
             dropout_rng=dropout_rng,
@@ -293,6 +292,8 @@ class Attention(nn.Module):
             param_dtype=param_dtype,
             name="out",
         )(out)  # [batch, q_len, d_model]
+        if not heads_first:  # Unused (and not computed) unless a decoding cache keeps them.
+            key, value = layers.heads_first(key), layers.heads_first(value)
         return out, {"key": key, "value": value}
 
 
@@ -607,7 +608,7 @@ class T5(nn.Module):
             if encoded is None:
                 encoder_mask, cross = cache["encoder_mask"], cache["cross"]
             layer_cache = cache["layers"]
-            max_len = layer_cache[0]["key"].shape[1]
+            max_len = layer_cache[0]["key"].shape[2]
             self._check_length(max_len, "Decoder cache")
             q_positions = (index + jnp.arange(tgt_len))[None]  # [1, tgt_len]
             k_positions = jnp.arange(max_len)[None]  # [1, max_len]
@@ -649,7 +650,7 @@ class T5(nn.Module):
             "layers": self_kvs,
             "encoder_mask": jnp.broadcast_to(
                 jnp.ones((), bool) if encoder_mask is None else encoder_mask.astype(bool),
-                (batch, cross_kvs[0]["key"].shape[1]),
+                (batch, cross_kvs[0]["key"].shape[2]),
             ),
             "cross": cross_kvs,
         }
@@ -693,10 +694,10 @@ def init_cache(cfg: T5Config, batch: int, max_decode_len: int) -> dict[str, Any]
     """An empty decoder self-attention cache for `max_decode_len` target positions.
 
     The encoder-side entries ('encoder_mask' [batch, src_len] and 'cross': per layer
-    {'key', 'value'} [batch, src_len, heads, d_kv]) are added by the prefill `decode`, since
+    {'key', 'value'} [batch, heads, src_len, d_kv]) are added by the prefill `decode`, since
     their length is the input's. Every leaf has the batch as its leading axis.
     """
-    kv = (batch, max_decode_len, cfg.num_heads, cfg.d_kv)
+    kv = (batch, cfg.num_heads, max_decode_len, cfg.d_kv)  # Heads first: read in place.
     dtype = jnp.dtype(cfg.dtype)
     return {
         "index": jnp.zeros((batch,), jnp.int32),  # Next target position to write.
