@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ptjax.decoding import DecodeConfig, beam_search, sample
-from ptjax.models import gpt
+from ptjax.models import gpt, layers
 
 VOCAB = 53
 
@@ -38,6 +38,8 @@ def test_cached_logits_equal_full_recomputation(model_and_params, prepared):
     prefill, step = gpt.decode_fns(model, max_new_tokens=12)
     prompt = seq[:, :8]
     decode_params = gpt.prepare_decode_params(params) if prepared else params
+    if prepared:  # Each block's query/key/value as one projection: the fused path is tested.
+        assert set(decode_params["h_0"]["attn"]) == {layers.FUSED_QKV, "out"}
     logits, cache = prefill(decode_params, prompt, jnp.ones_like(prompt, bool))
     np.testing.assert_allclose(logits, full[:, 7], atol=1e-5, rtol=1e-5)
     for t in range(8, 20):

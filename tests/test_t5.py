@@ -9,7 +9,7 @@ import pytest
 
 from ptjax.decoding import DecodeConfig, beam_search, sample
 from ptjax.interop import hf_t5
-from ptjax.models import t5
+from ptjax.models import layers, t5
 
 VOCAB = 101
 VARIANTS = {"v1_0": ("relu", True), "v1_1": ("gated-gelu", False)}
@@ -203,6 +203,7 @@ def test_cached_decoding_equals_the_full_forward(hf_and_params):
     # The loops' layout (a tied head also transposed); raw params are decoded in the HF tests.
     prepared = t5.prepare_decode_params(params)
     assert (len(prepared) > len(params)) == cfg.tie_word_embeddings
+    assert set(prepared["decoder"]["layer_0"]["self_attention"]) == {layers.FUSED_QKV, "out"}
     logits, cache = jax.jit(prefill)(prepared, jnp.asarray(enc), jnp.asarray(enc_mask, bool))
     for leaf in jax.tree.leaves(cache):
         assert leaf.shape[0] == 3  # Beam search gathers every leaf along the batch.

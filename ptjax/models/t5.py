@@ -258,12 +258,22 @@ class Attention(nn.Module):
                 name=name,
             )
 
-        query = proj("query", (cfg.d_model * cfg.d_kv) ** -0.5)(inputs_q)  # [b, q, h, d_kv]
         heads_first = kv is not None or cache is not None
-        if kv is None:
+        if self.has_variable("params", layers.FUSED_QKV):  # Decoding params, self-attention.
+            qkv = nn.DenseGeneral(
+                (3, cfg.num_heads, cfg.d_kv),
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                name=layers.FUSED_QKV,
+            )(inputs_q)  # [batch, q_len, 3, heads, d_kv]
+            query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        elif kv is None:
+            query = proj("query", (cfg.d_model * cfg.d_kv) ** -0.5)(inputs_q)  # [b, q, h, d_kv]
             key = proj("key", cfg.d_model**-0.5)(inputs_kv)  # [batch, kv_len, heads, d_kv]
             value = proj("value", cfg.d_model**-0.5)(inputs_kv)
         else:
+            query = proj("query", (cfg.d_model * cfg.d_kv) ** -0.5)(inputs_q)
             key, value = kv["key"], kv["value"]  # [batch, heads, kv_len, d_kv]
         if cache is not None:
             key, value = layers.write_cache(cache, key, value, cache_index)
@@ -757,9 +767,16 @@ _HEAD = "decode_output_kernel"
 
 def prepare_decode_params(params: Any) -> Any:
     """The parameters as a decoding loop reads them best, made once before it: scanned layers
-    unstacked, and a tied output embedding also transposed ([d_model, vocab]), as GPT's (each
-    step's product then reads the table in its own layout)."""
-    params = scan.unstack_layers(params)
+    unstacked, each decoder self-attention's query/key/value as one projection
+    (`layers.fuse_qkv_for_decoding`), and a tied output embedding also transposed
+    ([d_model, vocab]), as GPT's (each step's product then reads the table in its own layout)."""
+    params = dict(scan.unstack_layers(params))
+    decoder = dict(params["decoder"])
+    for name, layer in decoder.items():
+        if name.startswith("layer_") and "query" in layer["self_attention"]:
+            attention = layers.fuse_qkv_for_decoding(layer["self_attention"])
+            decoder[name] = {**layer, "self_attention": attention}
+    params["decoder"] = decoder
     if "lm_head" in params or _HEAD in params:  # A separate head is [d_model, vocab] already.
         return params
     return {**params, _HEAD: params["shared"]["embedding"].T}
