@@ -594,11 +594,12 @@ class _PtjaxGenerateSide:
         prefill, step = family.decode_fns(model, cfg.max_new_tokens)
 
         def run(params, tokens, mask):
-            params = family.decode_params(params)
             return sample(prefill, step, params, tokens, mask, jax.random.PRNGKey(0), cfg)
 
         self.run = jax.jit(run)
-        self.params = params
+        # Prepared once for decoding (the output embedding transposed, q/k/v fused), as
+        # Generator does when it places the parameters: a model-loading cost, not a decode's.
+        self.params = jax.jit(family.decode_params)(params)
         self.dtype = opts.dtype
         rows = opts.per_device_batch_size
         self.prompts = [

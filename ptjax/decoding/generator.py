@@ -187,17 +187,18 @@ class Generator:
         return [self.tokenizer.decode([t for t in row if t < pieces]) for row in ids]
 
     def _params_on(self, n_dev: int) -> Any:
-        """The parameters on the first n_dev devices, copied there once."""
+        """The parameters as decoding reads them (`family.decode_params`), on the first n_dev
+        devices: prepared and copied there once, not at every call."""
         if self._replicated is None or self._replicated[0] != n_dev:
-            self._replicated = (n_dev, parallel.replicate(self.params, self._devices[:n_dev]))
+            prepared = jax.jit(self.family.decode_params)(self.params)
+            self._replicated = (n_dev, parallel.replicate(prepared, self._devices[:n_dev]))
         return self._replicated[1]
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one Generator per model; few settings.
     def _decode_fn(self, cfg: DecodeConfig, n_dev: int) -> Any:
         prefill, step = self.family.decode_fns(self.model, cfg.max_new_tokens)
 
-        def run(params, tokens, mask, rng):
-            params = self.family.decode_params(params)
+        def run(params, tokens, mask, rng):  # params: prepared by _params_on.
             if cfg.num_beams > 1:
                 best, lengths, _ = beam_search(prefill, step, params, tokens, mask, cfg)
                 return best, lengths

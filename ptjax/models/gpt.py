@@ -124,6 +124,7 @@ class GPT(nn.Module):
         input_mask: Array | None = None,  # [batch, length] bool; with a cache only
         output_kernel: Array | None = None,  # [d_model, vocab]: wte transposed once, to decode
         return_hidden: bool = False,
+        last_only: bool = False,  # Logits for the last position only (a prefill's next token).
     ) -> Array | tuple[Array, Any]:
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -184,6 +185,8 @@ class GPT(nn.Module):
                 )
                 new_layers.append(layer_cache)
                 x = layers.constrain_batch(x)
+        if last_only:
+            x = x[:, -1:]
         x = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name="ln_f"
         )(x)
@@ -264,6 +267,7 @@ def decode_fns(model: GPT, max_new_tokens: int) -> tuple[Callable, Callable]:
             cache=cache,
             input_mask=prompt_mask,
             output_kernel=head,
+            last_only=True,  # Left-padded: every row's next token follows the last position.
         )
         return logits[:, -1], cache
 
