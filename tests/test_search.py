@@ -198,3 +198,18 @@ def test_greedy_pick_is_argmax_with_ties_to_the_first():
     logits[2, :] = 0.0
     np.testing.assert_array_equal(greedy_pick(jnp.asarray(logits)), np.argmax(logits, -1))
     assert int(greedy_pick(jnp.full((1, 5), jnp.nan))[0]) < 5  # Never out of range.
+
+
+@pytest.mark.parametrize("n", [7, 64, 96, 1000])  # chunk 7 (one chunk), 32, 32, 25
+def test_chunked_argmax_equals_argmax_with_ties_across_chunks(n):
+    from ptjax import argmax
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(5, n)).astype(np.float32)
+    x[1, [n - 1, 0]] = 7.0  # Tied in the first and the last chunk: the first wins.
+    x[2, [n // 2, n // 2 + 1]] = 7.0
+    x[3] = -1.0  # All tied.
+    x[4, -1] = np.inf
+    np.testing.assert_array_equal(argmax.argmax(jnp.asarray(x)), np.argmax(x, -1))
+    nan_row = argmax.argmax(jnp.full((2, n), jnp.nan))
+    assert ((nan_row >= 0) & (nan_row < n)).all()  # No maximum: still an index in range.

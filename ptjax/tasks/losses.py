@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ptjax import argmax
+
 Array = jax.Array
 
 
@@ -25,33 +27,17 @@ def tied_softmax_cross_entropy(
     return _forward(hidden, embedding, targets)[0]
 
 
-def _chunk_size(vocab: int) -> int:
-    """The largest divisor of `vocab` up to 32: the per-row maximum is taken in such chunks.
-
-    XLA:CPU reduces long rows in windows of 32 anyway, so the chunk maxima cost no extra pass.
-    """
-    return max(c for c in range(1, 33) if vocab % c == 0)
-
-
 def _forward(hidden: Array, embedding: Array, targets: Array):
     x = hidden.reshape(-1, hidden.shape[-1])  # [tokens, d_model]
     labels = targets.reshape(-1, 1)  # [tokens, 1]
     logits = jnp.dot(x, embedding.T, preferred_element_type=jnp.float32)  # [tokens, vocab]
-    tokens, vocab = logits.shape
-    chunk = _chunk_size(vocab)
-    chunks = logits.reshape(tokens, vocab // chunk, chunk)
-    # [tokens, vocab // chunk]; the barrier keeps XLA from recomputing it inside the argmax below.
-    chunk_top = jax.lax.optimization_barrier(jnp.max(chunks, axis=-1))
+    chunks, chunk_top = argmax.chunk_maxima(logits)  # [tokens, vocab // chunk (, chunk)]
     top = jnp.max(chunk_top, axis=-1, keepdims=True)  # [tokens, 1]
     sum_exp = jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True)
     target_logit = jnp.take_along_axis(logits, labels, axis=-1)  # [tokens, 1]
     loss = jnp.log(sum_exp) - (target_logit - top)  # optax's order of operations
-    # jnp.argmax's first maximal index, found in the first chunk holding the maximum: a pass
-    # over [tokens, vocab // chunk] instead of a slow index-carrying pass over all logits.
-    first_chunk = jnp.argmax(chunk_top == top, axis=-1)  # [tokens]
-    in_chunk = jnp.take_along_axis(chunks, first_chunk[:, None, None], axis=1)[:, 0]
-    first_top = first_chunk * chunk + jnp.argmax(in_chunk == top, axis=-1)  # [tokens]
-    correct = first_top == labels[:, 0]
+    # jnp.argmax's first maximal index without a slow index-carrying pass over all logits.
+    correct = argmax.first_argmax(chunks, chunk_top, top) == labels[:, 0]
     outputs = (loss.reshape(targets.shape), correct.reshape(targets.shape))
     return outputs, (hidden, embedding, labels, logits, top, sum_exp)
 
