@@ -92,6 +92,25 @@ def test_dropout_is_an_apply_time_switch():
     assert not np.allclose(train_a, eval_a)
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_drops_at_its_rate_and_keeps_the_mean(rate):
+    shape = (3, 501, 67)  # An odd number of entries: the last 16-bit draw is cut off.
+    x = jnp.ones(shape)
+    dropout = layers.Dropout(rate)
+    y = dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+    assert y.shape == shape
+    kept = np.asarray(y) != 0
+    n = kept.size
+    assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / n)  # 4 sigma
+    np.testing.assert_allclose(np.unique(np.asarray(y)[kept]), 1 / (1 - rate), rtol=1e-4)
+    assert abs(float(y.mean()) - 1.0) < 4 * np.sqrt(rate / (1 - rate) / n)
+    again = dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+    np.testing.assert_array_equal(y, again)  # Reproducible from the key.
+    other = dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+    assert not np.array_equal(other, y)  # Another key, another mask.
+    np.testing.assert_array_equal(dropout.apply({}, x, deterministic=True), x)
+
+
 def test_tied_output_embedding():
     _, params = _init(_tiny())
     assert "wte" in params and not any("head" in k for k in params)

@@ -136,7 +136,7 @@ class BertEmbeddings(nn.Module):
             + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         )  # [batch, length, d_model]
         x = _layer_norm(cfg, "layer_norm")(x)
-        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
 class EncoderBlock(nn.Module):
@@ -150,7 +150,7 @@ class EncoderBlock(nn.Module):
         dtype, param_dtype = _dtypes(cfg)
         attention_ln = _layer_norm(cfg, "attention_ln")
         output_ln = _layer_norm(cfg, "output_ln")
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = layers.Dropout(cfg.dropout_rate)
 
         h = attention_ln(x) if cfg.pre_ln else x
         h, _ = layers.MultiHeadAttention(
@@ -247,7 +247,7 @@ class ClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, pooled: Array, *, deterministic: bool = True) -> Array:
-        h = nn.Dropout(self.config.dropout_rate)(pooled, deterministic=deterministic)
+        h = layers.Dropout(self.config.dropout_rate)(pooled, deterministic=deterministic)
         return _dense(self.config, self.num_labels, "classifier")(h).astype(jnp.float32)
 
 

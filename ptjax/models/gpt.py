@@ -86,7 +86,7 @@ class DecoderBlock(nn.Module):
             param_dtype=param_dtype,
             name="attn",
         )(h, h, mask, deterministic=deterministic, cache=cache, cache_index=cache_index)
-        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        x = x + layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
         h = nn.LayerNorm(name="ln_2", **ln)(x)
         h = layers.MlpBlock(
@@ -97,7 +97,7 @@ class DecoderBlock(nn.Module):
             param_dtype=param_dtype,
             name="mlp",
         )(h, deterministic=deterministic)
-        return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic), cache
+        return x + layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic), cache
 
 
 class GPT(nn.Module):
@@ -163,7 +163,7 @@ class GPT(nn.Module):
             name="wpe",
         )
         x = embed(inputs) + wpe(positions)  # [batch, length, d_model]
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         new_layers = []
         if cfg.scan_layers:
             if cache is not None:

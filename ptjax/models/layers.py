@@ -7,6 +7,7 @@ position bias enters as an additive `bias`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -127,6 +128,38 @@ def combine_masks(*masks: Array | None) -> Array | None:
     return out
 
 
+def dropout_keep(rng: Array, rate: float, shape: tuple[int, ...]) -> tuple[Array, float]:
+    """(keep mask of `shape`, the scale for kept values) for dropout at `rate`.
+
+    Each mask entry compares 16 random bits with round((1 - rate) * 2^16), so one 32-bit word
+    of threefry output serves two entries: half the random bits jax.random.bernoulli draws,
+    which on XLA:CPU made dropout a fifth of a T5 train step. The keep probability is that
+    threshold / 2^16 (within 2^-17 of 1 - rate) and kept values are scaled by its inverse,
+    so the expectation is exactly preserved.
+    """
+    threshold = min(max(round((1.0 - rate) * 65536), 1), 65535)
+    total = math.prod(shape)
+    bits = jax.random.bits(rng, (-(-total // 2),), jnp.uint32)
+    halves = jax.lax.bitcast_convert_type(bits, jnp.uint16).reshape(-1)[:total].reshape(shape)
+    return halves < jnp.uint16(threshold), 65536.0 / threshold
+
+
+class Dropout(nn.Module):
+    """Inverted dropout drawing its mask with `dropout_keep`; the 'dropout' RNG stream, as
+    flax's nn.Dropout (same interface)."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        keep, scale = dropout_keep(self.make_rng("dropout"), self.rate, x.shape)
+        return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+
+
 def dot_product_attention(
     query: Array,  # [batch, q_len, heads, head_dim]
     key: Array,  # [batch, kv_len, heads, head_dim]; [batch, heads, kv_len, ...] if heads_first
@@ -159,8 +192,8 @@ def dot_product_attention(
         logits = jnp.where(mask, logits, NEG_INF)
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     if not deterministic and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(dtype)
+        keep, scale = dropout_keep(dropout_rng, dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights * jnp.asarray(scale, weights.dtype), 0).astype(dtype)
     return jnp.einsum(f"bhqk,{kv}->bqhd", weights, value)
 
 
@@ -309,7 +342,7 @@ class MlpBlock(nn.Module):
             name="wi",
         )(x)  # [batch, length, d_ff]
         h = self.activation(h)
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return nn.Dense(
             d_model,
             use_bias=self.use_bias,

@@ -329,7 +329,7 @@ class GatedMlp(nn.Module):
 
         gate = nn.gelu(dense(cfg.d_ff, cfg.d_model**-0.5, "wi_0")(x), approximate=True)
         h = gate * dense(cfg.d_ff, cfg.d_model**-0.5, "wi_1")(x)  # [batch, length, d_ff]
-        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         return dense(cfg.d_model, cfg.d_ff**-0.5, "wo")(h)
 
 
@@ -358,7 +358,7 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, bias: Array, *, deterministic: bool) -> Array:
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = layers.Dropout(cfg.dropout_rate)
         h = _norm(cfg, "self_attention_ln")(x)
         h, _ = Attention(cfg, name="self_attention")(h, h, mask, bias, deterministic=deterministic)
         x = x + dropout(h, deterministic=deterministic)
@@ -387,7 +387,7 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Array, dict[str, Array], dict[str, Array]]:
         """Returns (x, self-attention keys/values, cross-attention keys/values)."""
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = layers.Dropout(cfg.dropout_rate)
         h = _norm(cfg, "self_attention_ln")(x)
         h, self_kv = Attention(cfg, name="self_attention")(
             h,
@@ -423,7 +423,7 @@ class Encoder(nn.Module):
         deterministic: bool,
     ) -> Array:
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = layers.Dropout(cfg.dropout_rate)
         # Computed once, shared by every layer (HF keeps the table in the first block).
         bias = RelativePositionBias(cfg, bidirectional=True, name="relative_position")(
             positions, positions
@@ -466,7 +466,7 @@ class Decoder(nn.Module):
         cross: tuple[dict[str, Array], ...] | None = None,
     ) -> tuple[Array, tuple, tuple]:
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = layers.Dropout(cfg.dropout_rate)
         bias = RelativePositionBias(cfg, bidirectional=False, name="relative_position")(
             q_positions, k_positions
         )
