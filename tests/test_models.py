@@ -111,6 +111,24 @@ def test_dropout_drops_at_its_rate_and_keeps_the_mean(rate):
     np.testing.assert_array_equal(dropout.apply({}, x, deterministic=True), x)
 
 
+def test_threefry_matches_the_known_answers_and_jax_keys():
+    # Random123's known-answer vectors for Threefry-2x32 with 20 rounds.
+    cases = [
+        ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+        ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
+        ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+    ]
+    for key, count, want in cases:
+        u = [jnp.asarray([v], jnp.uint32) for v in (*key, *count)]
+        got = layers.threefry2x32((u[0][0], u[1][0]), (u[2], u[3]))
+        assert [int(g[0]) for g in got] == list(want)
+    legacy = layers.random_halves(jax.random.PRNGKey(3), (3, 5))
+    np.testing.assert_array_equal(legacy, layers.random_halves(jax.random.key(3), (3, 5)))
+    assert legacy.dtype == jnp.uint16
+    other = layers.random_halves(jax.random.key(3, impl="rbg"), (3, 5))  # Its own bits.
+    assert other.shape == (3, 5)
+
+
 def test_tied_output_embedding():
     _, params = _init(_tiny())
     assert "wte" in params and not any("head" in k for k in params)
