@@ -260,21 +260,21 @@ class Attention(nn.Module):
 
         heads_first = kv is not None or cache is not None
         if self.has_variable("params", layers.FUSED_QKV):  # Decoding params, self-attention.
-            qkv = nn.DenseGeneral(
-                (3, cfg.num_heads, cfg.d_kv),
+            query, key, value = layers.fused_qkv(
+                inputs_q,
+                cfg.num_heads,
+                cfg.d_kv,
                 use_bias=False,
                 dtype=dtype,
                 param_dtype=param_dtype,
-                name=layers.FUSED_QKV,
-            )(inputs_q)  # [batch, q_len, 3, heads, d_kv]
-            query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        elif kv is None:
-            query = proj("query", (cfg.d_model * cfg.d_kv) ** -0.5)(inputs_q)  # [b, q, h, d_kv]
-            key = proj("key", cfg.d_model**-0.5)(inputs_kv)  # [batch, kv_len, heads, d_kv]
-            value = proj("value", cfg.d_model**-0.5)(inputs_kv)
+            )
         else:
-            query = proj("query", (cfg.d_model * cfg.d_kv) ** -0.5)(inputs_q)
-            key, value = kv["key"], kv["value"]  # [batch, heads, kv_len, d_kv]
+            query = proj("query", (cfg.d_model * cfg.d_kv) ** -0.5)(inputs_q)  # [b, q, h, d_kv]
+            if kv is None:
+                key = proj("key", cfg.d_model**-0.5)(inputs_kv)  # [batch, kv_len, heads, d_kv]
+                value = proj("value", cfg.d_model**-0.5)(inputs_kv)
+            else:
+                key, value = kv["key"], kv["value"]  # [batch, heads, kv_len, d_kv]
         if cache is not None:
             key, value = layers.write_cache(cache, key, value, cache_index)
         dropout_rng = None
