@@ -20,7 +20,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ptjax.models import layers
+from ptjax.models import layers, mixed_matmul
 
 Array = jax.Array
 
@@ -94,6 +94,7 @@ def _dense(cfg: BertConfig, features: int, name: str) -> nn.Dense:
         features,
         kernel_init=layers.normal_init(0.02),
         dtype=dtype,
+        dot_general=mixed_matmul.dot_general_for(dtype),
         param_dtype=param_dtype,
         name=name,
     )

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ptjax.models import mixed_matmul
+
 Array = jax.Array
 Dtype = jnp.dtype
 
@@ -268,6 +270,7 @@ def fused_qkv(
         (3, num_heads, head_dim),
         use_bias=use_bias,
         dtype=dtype,
+        dot_general=mixed_matmul.dot_general_for(dtype),
         param_dtype=param_dtype,
         name=FUSED_QKV,
     )(inputs)  # [batch, length, 3, heads, head_dim]
@@ -327,6 +330,7 @@ class MultiHeadAttention(nn.Module):
                 use_bias=self.use_bias,
                 kernel_init=self.kernel_init,
                 dtype=self.dtype,
+                dot_general=mixed_matmul.dot_general_for(self.dtype),
                 param_dtype=self.param_dtype,
                 name=name,
             )
@@ -368,6 +372,7 @@ class MultiHeadAttention(nn.Module):
             use_bias=self.use_bias,
             kernel_init=self.out_kernel_init,
             dtype=self.dtype,
+            dot_general=mixed_matmul.dot_general_for(self.dtype),
             param_dtype=self.param_dtype,
             name="out",
         )(out)  # [batch, q_len, d_model]
@@ -394,6 +399,7 @@ class MlpBlock(nn.Module):
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
             dtype=self.dtype,
+            dot_general=mixed_matmul.dot_general_for(self.dtype),
             param_dtype=self.param_dtype,
             name="wi",
         )(x)  # [batch, length, d_ff]
@@ -404,6 +410,7 @@ class MlpBlock(nn.Module):
             use_bias=self.use_bias,
             kernel_init=self.out_kernel_init,
             dtype=self.dtype,
+            dot_general=mixed_matmul.dot_general_for(self.dtype),
             param_dtype=self.param_dtype,
             name="wo",
         )(h)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptjax.models import layers, scan
+from ptjax.models import layers, mixed_matmul, scan
 
 Array = jax.Array
 
@@ -254,6 +254,7 @@ class Attention(nn.Module):
                 use_bias=False,
                 kernel_init=layers.normal_init(stddev),
                 dtype=dtype,
+                dot_general=mixed_matmul.dot_general_for(dtype),
                 param_dtype=param_dtype,
                 name=name,
             )
@@ -299,6 +300,7 @@ class Attention(nn.Module):
             use_bias=False,
             kernel_init=layers.normal_init(cfg.inner_dim**-0.5),
             dtype=dtype,
+            dot_general=mixed_matmul.dot_general_for(dtype),
             param_dtype=param_dtype,
             name="out",
         )(out)  # [batch, q_len, d_model]
@@ -323,6 +325,7 @@ class GatedMlp(nn.Module):
                 use_bias=False,
                 kernel_init=layers.normal_init(stddev),
                 dtype=dtype,
+                dot_general=mixed_matmul.dot_general_for(dtype),
                 param_dtype=param_dtype,
                 name=name,
             )
@@ -541,6 +544,7 @@ class T5(nn.Module):
                 use_bias=False,
                 kernel_init=layers.normal_init(cfg.d_model**-0.5),
                 dtype=dtype,
+                dot_general=mixed_matmul.dot_general_for(dtype),
                 param_dtype=param_dtype,
             )
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ptjax import argmax
+from ptjax.models import mixed_matmul
 
 Array = jax.Array
 
@@ -30,7 +31,7 @@ def tied_softmax_cross_entropy(
 def _forward(hidden: Array, embedding: Array, targets: Array):
     x = hidden.reshape(-1, hidden.shape[-1])  # [tokens, d_model]
     labels = targets.reshape(-1, 1)  # [tokens, 1]
-    logits = jnp.dot(x, embedding.T, preferred_element_type=jnp.float32)  # [tokens, vocab]
+    logits = mixed_matmul.times_transposed(x, embedding)  # [tokens, vocab] float32
     chunks, chunk_top = argmax.chunk_maxima(logits)  # [tokens, vocab // chunk (, chunk)]
     top = jnp.max(chunk_top, axis=-1, keepdims=True)  # [tokens, 1]
     sum_exp = jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True)
@@ -49,9 +50,11 @@ def _backward(residuals, cotangents):
     probs = jnp.exp(logits - top) / sum_exp
     d_logits = ((probs - (vocab == labels)) * d_loss).astype(hidden.dtype)  # [tokens, vocab]
     x = hidden.reshape(-1, hidden.shape[-1])
-    d_x = jnp.dot(d_logits, embedding.astype(hidden.dtype))  # [tokens, d_model]
-    d_embedding = jnp.dot(x.T, d_logits).T  # Contracts over tokens; d_logits is not transposed.
-    return d_x.reshape(hidden.shape), d_embedding.astype(embedding.dtype), None
+    # Both products accumulate in float32 (a bf16 one returning bf16 is slow on XLA:CPU), and the
+    # embedding's contracts over tokens with d_logits never transposed (mixed_matmul).
+    d_x = jnp.dot(d_logits, embedding.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    d_embedding = mixed_matmul.over_leading(x, d_logits).T  # [vocab, d_model]
+    return d_x.astype(hidden.dtype).reshape(hidden.shape), d_embedding.astype(embedding.dtype), None
 
 
 tied_softmax_cross_entropy.defvjp(_forward, _backward)

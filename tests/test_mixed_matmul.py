@@ -1,0 +1,90 @@
+"""bf16 products with float32 accumulation: the values and gradients of the plain products, and
+the shapes (vectors, tiny, odd) that XLA:CPU compiles through other kernels run too."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ptjax.models import mixed_matmul
+
+BF16 = jnp.bfloat16
+# Shapes (M, K, N): a row or a column vector, under YNNPACK's minimum size, odd, and moderate.
+SHAPES = [(1, 16, 24), (24, 16, 1), (3, 5, 7), (37, 19, 53), (256, 64, 160)]
+
+
+def _normal(key, shape):
+    return jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float32).astype(BF16)
+
+
+def _f32(x):
+    return np.asarray(x, np.float32)
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_products_equal_float32_products_of_the_bf16_values(m, k, n):
+    x, w, g = _normal(0, (m, k)), _normal(1, (k, n)), _normal(2, (m, n))
+    out = jax.jit(mixed_matmul.matmul)(x, w)
+    assert out.dtype == BF16
+    # One rounding of a float32 accumulation: within bf16's half ulp of the exact product.
+    np.testing.assert_allclose(_f32(out), _f32(x) @ _f32(w), rtol=2**-8, atol=1e-6)
+    leading = jax.jit(mixed_matmul.over_leading)(x, g)  # x^T g
+    assert leading.dtype == BF16 and leading.shape == (k, n)
+    np.testing.assert_allclose(_f32(leading), _f32(x).T @ _f32(g), rtol=2**-8, atol=1e-6)
+    e = _normal(3, (n, k))
+    logits = jax.jit(mixed_matmul.times_transposed)(x, e)  # x e^T, float32 out
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, _f32(x) @ _f32(e).T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES[1:4])
+def test_matmul_gradients_are_the_plain_products(m, k, n):
+    x, w, g = _normal(0, (m, k)), _normal(1, (k, n)), _normal(2, (m, n))
+    _, pullback = jax.vjp(mixed_matmul.matmul, x, w)
+    d_x, d_w = jax.jit(pullback)(g)
+    assert d_x.dtype == BF16 and d_w.dtype == BF16
+    np.testing.assert_allclose(_f32(d_x), _f32(g) @ _f32(w).T, rtol=2**-8, atol=1e-6)
+    np.testing.assert_allclose(_f32(d_w), _f32(x).T @ _f32(g), rtol=2**-8, atol=1e-6)
+
+
+def test_dense_layers_take_it_in_bf16_on_cpu_and_match_flax_default():
+    """Dense and DenseGeneral (two contracted axes, as an attention output) in bf16: the
+    custom product is in the jaxpr, and outputs and gradients match flax's own product."""
+    assert mixed_matmul.dot_general_for("bfloat16") is mixed_matmul.dense_dot_general
+    assert mixed_matmul.dot_general_for("float32") is None
+    x = _normal(4, (2, 5, 3, 8)).astype(jnp.float32)
+    for make in (
+        lambda dg: nn.Dense(6, dtype=BF16, dot_general=dg),
+        lambda dg: nn.DenseGeneral(6, axis=(-2, -1), dtype=BF16, dot_general=dg),
+        lambda dg: nn.DenseGeneral((2, 4), dtype=BF16, dot_general=dg),
+    ):
+        ours, flax_default = make(mixed_matmul.dense_dot_general), make(None)
+        params = flax_default.init(jax.random.PRNGKey(0), x)
+
+        def loss(module):
+            return lambda p, x: jnp.sum(module.apply(p, x).astype(jnp.float32) ** 2)
+
+        assert "custom_vjp" in str(jax.make_jaxpr(loss(ours))(params, x))
+        want = jax.grad(loss(flax_default), (0, 1))(params, x)
+        got = jax.jit(jax.grad(loss(ours), (0, 1)))(params, x)
+        np.testing.assert_allclose(ours.apply(params, x), flax_default.apply(params, x), rtol=1e-2)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_other_forms_and_float32_go_to_lax():
+    """Batch axes, other contraction orders and float32 operands: jax.lax.dot_general's result."""
+    a, b = _normal(5, (4, 6, 8)), _normal(6, (4, 8, 3))
+    batched = (((2,), (1,)), ((0,), (0,)))
+    got = mixed_matmul.dense_dot_general(a, b, batched)
+    np.testing.assert_array_equal(got, jax.lax.dot_general(a, b, batched))
+    f32 = _f32(a), _f32(b)
+    np.testing.assert_array_equal(
+        mixed_matmul.dense_dot_general(*f32, batched), jax.lax.dot_general(*f32, batched)
+    )
+    assert "custom_vjp" not in str(
+        jax.make_jaxpr(mixed_matmul.dense_dot_general, static_argnums=2)(
+            f32[0][0], f32[1][0], (((1,), (0,)), ((), ()))
+        )
+    )
