@@ -23,9 +23,11 @@ TUNED_GLIBC_TUNABLES = (("glibc.malloc.hugetlb", "1"),)
 # 2-4x slower than XLA's Eigen ones on a 2-core AMD EPYC and kept one core idle; an empty
 # fusion-type list turns YNNPACK off. Decoding is the other way round (one token's small
 # matmuls per step): with YNNPACK on, T5 greedy decoding ran 1.6x and GPT's 1.08x faster, so
-# workload='decode' (scripts/generate.py) keeps it.
+# workload='decode' (scripts/generate.py) keeps it. So does 'train_bf16' (model.dtype=bfloat16):
+# its products take bf16 operands and accumulate in float32 (ptjax.models.mixed_matmul), which
+# YNNPACK runs at twice float32's rate on AVX512-BF16 and XLA's own kernels do not.
 TUNED_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
-WORKLOADS = ("train", "decode")
+WORKLOADS = ("train", "train_bf16", "decode")
 
 # Libraries whose INFO lines drown the training log; their warnings and errors still show.
 _QUIET_LIBRARIES = (
@@ -55,7 +57,7 @@ def process_environment(
     tuned: bool, env: Mapping[str, str] | None = None, workload: str = "train"
 ) -> dict[str, str]:
     """`env` (default os.environ) with ptjax's CPU tuning for `workload` ('train': glibc and
-    XLA flags; 'decode': glibc only) added (tuned) or removed (not tuned).
+    XLA flags; 'train_bf16' and 'decode': glibc only) added (tuned) or removed (not tuned).
 
     The user's own settings win: a glibc tunable or an XLA flag that `env` already sets is kept
     as it is in both cases; only the values ptjax adds are added or removed.
@@ -80,6 +82,13 @@ def process_environment(
         else:
             env.pop(key, None)
     return env
+
+
+def workload_for(what: str, dtype: str = "float32") -> str:
+    """The WORKLOADS entry of a run: `what` 'train' or 'generate', `dtype` its model.dtype."""
+    if what == "generate":
+        return "decode"
+    return "train_bf16" if str(dtype) == "bfloat16" else "train"
 
 
 def tune_process(workload: str = "train") -> None:

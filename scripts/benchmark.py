@@ -871,7 +871,7 @@ def run_benchmark(opts: Options, log: Callable[[str], None] = print) -> dict[str
     try:
         # Started one at a time, so that compile and warm-up times are not shared.
         for setting in settings:
-            workload = "decode" if opts.what == "generate" else "train"
+            workload = runtime.workload_for(opts.what, opts.dtype)
             env = _environment(setting, threads, workload)
             for side in sides:
                 key = (setting, side)
@@ -940,7 +940,9 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
         "baseline": opts.baseline if opts.baseline == "none" else f"hf-{opts.hf_attention}",
         "tuned_environment": {
             "GLIBC_TUNABLES": ":".join(f"{n}={v}" for n, v in runtime.TUNED_GLIBC_TUNABLES),
-            "XLA_FLAGS": " ".join(runtime.TUNED_XLA_FLAGS) if opts.what == "train" else "",
+            "XLA_FLAGS": " ".join(runtime.TUNED_XLA_FLAGS)
+            if runtime.workload_for(opts.what, opts.dtype) == "train"
+            else "",
         },
         "settings": {},
     }

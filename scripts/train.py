@@ -23,7 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize()
+    runtime.initialize(runtime.workload_for("train", FLAGS.config.model.dtype))
     from ptjax.train import trainer  # After runtime.initialize(): TF must not see accelerators.
 
     try:

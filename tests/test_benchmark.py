@@ -123,6 +123,12 @@ def test_tuning_is_added_and_removed_keeping_the_users_settings():
     # Decoding keeps XLA's YNNPACK kernels (faster for per-token matmuls): glibc tuning only.
     decode = runtime.process_environment(tuned=True, env=user, workload="decode")
     assert decode["XLA_FLAGS"] == "--xla_foo=1" and "hugetlb=1" in decode["GLIBC_TUNABLES"]
+    # So does bf16 training, whose float32-accumulating bf16 products are YNNPACK's.
+    assert runtime.workload_for("train", "bfloat16") == "train_bf16"
+    assert runtime.workload_for("train", "float32") == "train"
+    assert runtime.workload_for("generate", "bfloat16") == "decode"
+    bf16 = runtime.process_environment(tuned=True, env=user, workload="train_bf16")
+    assert bf16 == decode
     # A setting the user made wins over ptjax's.
     mine = runtime.process_environment(tuned=True, env={"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
     assert mine["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
