@@ -389,7 +389,8 @@ class _PtjaxSide:
         self.last_loss = loss
 
     def matmul_flops(self, tries: int) -> float:
-        """The best FLOP/s of a jitted [n, n] @ [n, n] in --dtype over `tries` tries."""
+        """The best FLOP/s of a jitted [n, n] @ [n, n] in --dtype over `tries` tries: bf16
+        operands accumulate in float32, as ptjax's own bf16 products do (models.mixed_matmul)."""
         import jax
         import jax.numpy as jnp
 
@@ -399,7 +400,9 @@ class _PtjaxSide:
             self.matmul_size = n
             a = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
             b = jax.random.normal(jax.random.PRNGKey(2), (n, n), dtype)
-            self.matmul = functools.partial(jax.jit(jnp.matmul), a, b)
+            accumulate = jnp.float32 if dtype == jnp.bfloat16 else None
+            product = functools.partial(jnp.matmul, preferred_element_type=accumulate)
+            self.matmul = functools.partial(jax.jit(product), a, b)
             self.matmul().block_until_ready()
         best = float("inf")
         for _ in range(tries):

@@ -88,3 +88,20 @@ def test_other_forms_and_float32_go_to_lax():
             f32[0][0], f32[1][0], (((1,), (0,)), ((), ()))
         )
     )
+
+
+def test_remat_policies_recompute_it_to_the_same_gradients():
+    """Under jax.checkpoint the custom product is recomputed, not saved, by dots_saveable (it is
+    not a dot_general primitive to the policy); the gradients are the same either way."""
+    layer = nn.Dense(6, dtype=BF16, dot_general=mixed_matmul.dense_dot_general)
+    x = _normal(7, (4, 8)).astype(jnp.float32)
+    params = layer.init(jax.random.PRNGKey(0), x)
+
+    def loss(p):
+        return jnp.sum(jnp.tanh(layer.apply(p, x)).astype(jnp.float32))
+
+    want = jax.grad(loss)(params)
+    policy = jax.checkpoint_policies.dots_saveable
+    got = jax.jit(jax.grad(jax.checkpoint(loss, policy=policy)))(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
