@@ -105,3 +105,40 @@ def test_remat_policies_recompute_it_to_the_same_gradients():
     got = jax.jit(jax.grad(jax.checkpoint(loss, policy=policy)))(params)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("batch,m,k,n", [((2, 3), 5, 7, 4), ((4,), 64, 16, 32), ((1, 2), 1, 8, 1)])
+def test_batched_products_and_gradients(batch, m, k, n):
+    a, b, b_t = _normal(8, (*batch, m, k)), _normal(9, (*batch, k, n)), _normal(10, (*batch, n, k))
+    g = _normal(11, (*batch, m, n))
+    for fn, rhs, plain in (
+        (mixed_matmul.batched_matmul, b, lambda x, y: x @ y),
+        (mixed_matmul.batched_matmul_t, b_t, lambda x, y: x @ np.swapaxes(y, -1, -2)),
+    ):
+        out, pullback = jax.vjp(fn, a, rhs)
+        d_a, d_rhs = jax.jit(pullback)(g)
+        assert out.dtype == d_a.dtype == d_rhs.dtype == BF16
+        want_out, want_pullback = jax.vjp(plain, _f32(a), _f32(rhs))
+        want_a, want_rhs = want_pullback(_f32(g))
+        np.testing.assert_allclose(_f32(out), want_out, rtol=2**-8, atol=1e-5)
+        np.testing.assert_allclose(_f32(d_a), want_a, rtol=2**-8, atol=1e-5)
+        np.testing.assert_allclose(_f32(d_rhs), want_rhs, rtol=2**-8, atol=1e-5)
+
+
+def test_bf16_attention_takes_the_heads_first_products_and_matches_float32():
+    from ptjax.models import layers
+
+    q, k, v = (_normal(i, (2, 6, 3, 8)) for i in (12, 13, 14))
+    mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
+
+    def attend(q, k, v, dtype):
+        out = layers.dot_product_attention(q, k, v, mask, dtype=dtype)
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(attend, (0, 1, 2)), static_argnums=3)(q, k, v, BF16))
+    assert jaxpr.count("custom_vjp") >= 2  # Both products, forward and backward.
+    got = jax.jit(jax.value_and_grad(attend, (0, 1, 2)), static_argnums=3)(q, k, v, BF16)
+    f32 = [_f32(x) for x in (q, k, v)]
+    want = jax.value_and_grad(attend, (0, 1, 2))(*f32, jnp.float32)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(_f32(a), b, rtol=3e-2, atol=3e-2)

@@ -120,9 +120,64 @@ def dense_dot_general(
     return out.reshape(*batch_shape, *out_shape)
 
 
+def _batched(a: Array, b: Array, a_contract: int, b_contract: int) -> Array:
+    """A product over leading batch axes (all but the last two), accumulated in float32."""
+    batch = tuple(range(a.ndim - 2))
+    dims = (((a_contract,), (b_contract,)), (batch, batch))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+def _batched_over_leading(a: Array, b: Array) -> Array:
+    """a[..., M, K]^T @ b[..., M, N] -> [..., K, N] in float32, `over_leading` per batch entry."""
+    *batch, m, k = a.shape
+    nb = len(batch)
+    a_t = jnp.moveaxis(a.reshape(*batch, 1, m, k), -1, nb)  # [..., K, 1, M], written out
+    b = b.reshape(*batch, 1, m, b.shape[-1])
+    axes = tuple(range(nb))
+    dims = (((nb + 1, nb + 2), (nb, nb + 1)), (axes, axes))
+    return jax.lax.dot_general(a_t, b, dims, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def batched_matmul(a: Array, b: Array) -> Array:
+    """a[..., M, K] @ b[..., K, N] over leading batch axes, accumulated in float32, returned in
+    a's dtype: attention's probabilities times values, heads first."""
+    return _batched(a, b, a.ndim - 1, b.ndim - 2).astype(a.dtype)
+
+
+def _batched_matmul_backward(residuals, g: Array):
+    a, b = residuals
+    g = g.astype(a.dtype)
+    d_a = _batched(g, b, g.ndim - 1, b.ndim - 1)  # g @ b^T
+    return d_a.astype(a.dtype), _batched_over_leading(a, g).astype(b.dtype)
+
+
+batched_matmul.defvjp(lambda a, b: (batched_matmul(a, b), (a, b)), _batched_matmul_backward)
+
+
+@jax.custom_vjp
+def batched_matmul_t(a: Array, b: Array) -> Array:
+    """a[..., M, K] @ b[..., N, K]^T over leading batch axes, accumulated in float32, returned
+    in a's dtype: attention's queries times keys, heads first."""
+    return _batched(a, b, a.ndim - 1, b.ndim - 1).astype(a.dtype)
+
+
+def _batched_matmul_t_backward(residuals, g: Array):
+    a, b = residuals
+    g = g.astype(a.dtype)
+    d_a = _batched(g, b, g.ndim - 1, b.ndim - 2)  # g @ b
+    return d_a.astype(a.dtype), _batched_over_leading(g, a).astype(b.dtype)
+
+
+batched_matmul_t.defvjp(lambda a, b: (batched_matmul_t(a, b), (a, b)), _batched_matmul_t_backward)
+
+
+def cpu_bf16(dtype) -> bool:
+    """Whether products computing in `dtype` take this module's forms: bf16 on a CPU backend."""
+    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
 def dot_general_for(dtype) -> Callable | None:
-    """The `dot_general` for flax dense layers computing in `dtype`: `dense_dot_general` for
-    bf16 on a CPU backend, else None (flax's default)."""
-    if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
-        return dense_dot_general
-    return None
+    """The `dot_general` for flax dense layers computing in `dtype`: `dense_dot_general`
+    where `cpu_bf16(dtype)`, else None (flax's default)."""
+    return dense_dot_general if cpu_bf16(dtype) else None
