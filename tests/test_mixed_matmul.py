@@ -142,3 +142,34 @@ def test_bf16_attention_takes_the_heads_first_products_and_matches_float32():
     want = jax.value_and_grad(attend, (0, 1, 2))(*f32, jnp.float32)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(_f32(a), b, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, BF16])
+@pytest.mark.parametrize(
+    "kwargs", [dict(features=6), dict(features=(2, 4)), dict(features=6, axis=(-2, -1))]
+)
+def test_ptjax_dense_is_flax_dense_general(kwargs, dtype):
+    """Same parameter tree and initial values as flax's DenseGeneral from the same key, the same
+    outputs, and the same gradients (the bias's as a product; bf16 within its rounding)."""
+    from ptjax.models import layers
+
+    init = dict(kernel_init=nn.initializers.normal(0.5), bias_init=nn.initializers.normal(0.5))
+    ours = layers.Dense(**kwargs, **init, dtype=dtype)
+    theirs = nn.DenseGeneral(**kwargs, **init, dtype=dtype)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3, 8))
+    params = ours.init(jax.random.PRNGKey(0), x)
+    want_params = theirs.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.structure(params) == jax.tree.structure(want_params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x).astype(jnp.float32)))
+
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=3e-2, atol=3e-2)
+    np.testing.assert_allclose(_f32(ours.apply(params, x)), _f32(theirs.apply(params, x)), **tol)
+    got = jax.jit(jax.grad(loss(ours), (0, 1)))(params, x)
+    want = jax.grad(loss(theirs), (0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(_f32(a), _f32(b), **tol)

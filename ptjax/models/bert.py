@@ -20,7 +20,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ptjax.models import layers, mixed_matmul
+from ptjax.models import layers
 
 Array = jax.Array
 
@@ -88,13 +88,12 @@ def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
-def _dense(cfg: BertConfig, features: int, name: str) -> nn.Dense:
+def _dense(cfg: BertConfig, features: int, name: str) -> layers.Dense:
     dtype, param_dtype = _dtypes(cfg)
-    return nn.Dense(
+    return layers.Dense(
         features,
         kernel_init=layers.normal_init(0.02),
         dtype=dtype,
-        dot_general=mixed_matmul.dot_general_for(dtype),
         param_dtype=param_dtype,
         name=name,
     )

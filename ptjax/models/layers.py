@@ -266,6 +266,46 @@ def write_cache(cache: dict[str, Array], key: Array, value: Array, index: Array)
     return key, value
 
 
+class Dense(nn.Module):
+    """flax's DenseGeneral over trailing axes: the same parameters ('kernel' [*in, *features],
+    'bias' [*features]), initial values and outputs, with two CPU-minded products
+    (ptjax.models.mixed_matmul): bf16 inputs accumulate in float32 where that is fast, and the
+    bias gradient is a product instead of XLA:CPU's slow tree of sums over the tokens."""
+
+    features: int | tuple[int, ...]
+    axis: int | tuple[int, ...] = -1  # Contracted input axes; trailing ones only.
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+        axes = tuple(sorted(a % inputs.ndim for a in axes))
+        if axes != tuple(range(inputs.ndim - len(axes), inputs.ndim)):
+            raise ValueError(f"Dense contracts trailing axes only, not {self.axis}.")
+        in_shape = inputs.shape[axes[0] :]
+        k, n = math.prod(in_shape), math.prod(features)
+
+        def kernel_init(rng, shape, dtype):  # flax's: initialised as [in, out], then reshaped.
+            return jnp.reshape(self.kernel_init(rng, (k, n), dtype), shape)
+
+        kernel = self.param("kernel", kernel_init, in_shape + features, self.param_dtype)
+        x = jnp.asarray(inputs, self.dtype).reshape(-1, k)
+        kernel = jnp.asarray(kernel, self.dtype).reshape(k, n)
+        if mixed_matmul.cpu_bf16(self.dtype):
+            y = mixed_matmul.matmul(x, kernel)
+        else:
+            y = jnp.dot(x, kernel)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, features, self.param_dtype)
+            y = mixed_matmul.add_bias(y, bias.reshape(n))
+        return y.reshape(*inputs.shape[: axes[0]], *features)
+
+
 FUSED_QKV = "qkv"
 
 
@@ -280,11 +320,10 @@ def fused_qkv(
 ) -> tuple[Array, Array, Array]:
     """(query, key, value) [batch, length, heads, head_dim] of a self-attention whose decoding
     parameters hold one FUSED_QKV projection; called from the attention module's __call__."""
-    qkv = nn.DenseGeneral(
+    qkv = Dense(
         (3, num_heads, head_dim),
         use_bias=use_bias,
         dtype=dtype,
-        dot_general=mixed_matmul.dot_general_for(dtype),
         param_dtype=param_dtype,
         name=FUSED_QKV,
     )(inputs)  # [batch, length, 3, heads, head_dim]
@@ -338,13 +377,12 @@ class MultiHeadAttention(nn.Module):
         cache; `mask` must then be [batch, 1, q_len, max_len].
         """
 
-        def proj(name: str) -> nn.Module:
-            return nn.DenseGeneral(
+        def proj(name: str) -> Dense:
+            return Dense(
                 (self.num_heads, self.head_dim),
                 use_bias=self.use_bias,
                 kernel_init=self.kernel_init,
                 dtype=self.dtype,
-                dot_general=mixed_matmul.dot_general_for(self.dtype),
                 param_dtype=self.param_dtype,
                 name=name,
             )
@@ -380,13 +418,12 @@ class MultiHeadAttention(nn.Module):
             deterministic=deterministic,
             dtype=self.dtype,
         )
-        out = nn.DenseGeneral(
+        out = Dense(
             inputs_q.shape[-1],
             axis=(-2, -1),
             use_bias=self.use_bias,
             kernel_init=self.out_kernel_init,
             dtype=self.dtype,
-            dot_general=mixed_matmul.dot_general_for(self.dtype),
             param_dtype=self.param_dtype,
             name="out",
         )(out)  # [batch, q_len, d_model]
@@ -408,23 +445,21 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         d_model = x.shape[-1]
-        h = nn.Dense(
+        h = Dense(
             self.d_ff,
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
             dtype=self.dtype,
-            dot_general=mixed_matmul.dot_general_for(self.dtype),
             param_dtype=self.param_dtype,
             name="wi",
         )(x)  # [batch, length, d_ff]
         h = self.activation(h)
         h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        return nn.Dense(
+        return Dense(
             d_model,
             use_bias=self.use_bias,
             kernel_init=self.out_kernel_init,
             dtype=self.dtype,
-            dot_general=mixed_matmul.dot_general_for(self.dtype),
             param_dtype=self.param_dtype,
             name="wo",
         )(h)

@@ -172,6 +172,26 @@ def _batched_matmul_t_backward(residuals, g: Array):
 batched_matmul_t.defvjp(lambda a, b: (batched_matmul_t(a, b), (a, b)), _batched_matmul_t_backward)
 
 
+@jax.custom_vjp
+def add_bias(y: Array, bias: Array) -> Array:
+    """y[M, N] + bias[N], whose bias gradient is a product, not a sum over M.
+
+    XLA:CPU sums a [tokens, features] gradient over the tokens through a tree of reduce-windows:
+    ~8 ms for the 'bench' GPT's [2048, 1024] MLP bias inside a bf16 step, ~3 ms for a plain
+    float32 sum with YNNPACK off; the same sum as ones[8, M] @ g takes ~0.3 ms.
+    """
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_backward(bias: Array, g: Array):
+    ones = jnp.ones((8, g.shape[0]), g.dtype)  # 8 rows: a vector product is no kernel's fast case.
+    column_sums = jnp.dot(ones, g, preferred_element_type=jnp.float32)[0]
+    return g, column_sums.astype(bias.dtype)
+
+
+add_bias.defvjp(lambda y, bias: (add_bias(y, bias), bias), _add_bias_backward)
+
+
 def cpu_bf16(dtype) -> bool:
     """Whether products computing in `dtype` take this module's forms: bf16 on a CPU backend."""
     return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
