@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -89,6 +90,18 @@ def workload_for(what: str, dtype: str = "float32") -> str:
     if what == "generate":
         return "decode"
     return "train_bf16" if str(dtype) == "bfloat16" else "train"
+
+
+def run_workload(workdir: str) -> str:
+    """workload_for('train', ...) of the run in `workdir`, from its config.json's model.dtype
+    (for entry points that reopen a run, such as scripts/evaluate.py); 'train' where that file
+    cannot be read, which the entry point then reports itself."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            dtype = json.load(f).get("model", {}).get("dtype", "float32")
+    except (OSError, ValueError, AttributeError):
+        return "train"
+    return workload_for("train", dtype)
 
 
 def tune_process(workload: str = "train") -> None:

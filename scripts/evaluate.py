@@ -26,7 +26,7 @@ flags.DEFINE_bool("write", True, "Save the metrics under WORKDIR/results/.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize()
+    runtime.initialize(runtime.run_workload(FLAGS.workdir))  # bf16 runs keep YNNPACK.
     from ptjax.train import evaluator, trainer
 
     try:

@@ -110,7 +110,7 @@ def test_generate_against_hf_generate_counts_new_tokens():
     assert "greedy decode" in bench.format_table(result)
 
 
-def test_tuning_is_added_and_removed_keeping_the_users_settings():
+def test_tuning_is_added_and_removed_keeping_the_users_settings(tmp_path):
     user = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "XLA_FLAGS": "--xla_foo=1", "A": "b"}
     tuned = runtime.process_environment(tuned=True, env=user)
     assert tuned["GLIBC_TUNABLES"].split(":")[0] == "glibc.malloc.arena_max=2"
@@ -129,6 +129,10 @@ def test_tuning_is_added_and_removed_keeping_the_users_settings():
     assert runtime.workload_for("generate", "bfloat16") == "decode"
     bf16 = runtime.process_environment(tuned=True, env=user, workload="train_bf16")
     assert bf16 == decode
+    # scripts/evaluate.py reads the run's dtype from its config.json, before JAX starts.
+    (tmp_path / "config.json").write_text('{"model": {"dtype": "bfloat16"}}')
+    assert runtime.run_workload(str(tmp_path)) == "train_bf16"
+    assert runtime.run_workload(str(tmp_path / "missing")) == "train"
     # A setting the user made wins over ptjax's.
     mine = runtime.process_environment(tuned=True, env={"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
     assert mine["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
