@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptjax.models import mixed_matmul
+from ptjax.models import layers, mixed_matmul
 
 BF16 = jnp.bfloat16
 # Shapes (M, K, N): a row or a column vector, under YNNPACK's minimum size, odd, and moderate.
@@ -48,52 +48,10 @@ def test_matmul_gradients_are_the_plain_products(m, k, n):
     np.testing.assert_allclose(_f32(d_w), _f32(x).T @ _f32(g), rtol=2**-8, atol=1e-6)
 
 
-def test_dense_layers_take_it_in_bf16_on_cpu_and_match_flax_default():
-    """Dense and DenseGeneral (two contracted axes, as an attention output) in bf16: the
-    custom product is in the jaxpr, and outputs and gradients match flax's own product."""
-    assert mixed_matmul.dot_general_for("bfloat16") is mixed_matmul.dense_dot_general
-    assert mixed_matmul.dot_general_for("float32") is None
-    x = _normal(4, (2, 5, 3, 8)).astype(jnp.float32)
-    for make in (
-        lambda dg: nn.Dense(6, dtype=BF16, dot_general=dg),
-        lambda dg: nn.DenseGeneral(6, axis=(-2, -1), dtype=BF16, dot_general=dg),
-        lambda dg: nn.DenseGeneral((2, 4), dtype=BF16, dot_general=dg),
-    ):
-        ours, flax_default = make(mixed_matmul.dense_dot_general), make(None)
-        params = flax_default.init(jax.random.PRNGKey(0), x)
-
-        def loss(module):
-            return lambda p, x: jnp.sum(module.apply(p, x).astype(jnp.float32) ** 2)
-
-        assert "custom_vjp" in str(jax.make_jaxpr(loss(ours))(params, x))
-        want = jax.grad(loss(flax_default), (0, 1))(params, x)
-        got = jax.jit(jax.grad(loss(ours), (0, 1)))(params, x)
-        np.testing.assert_allclose(ours.apply(params, x), flax_default.apply(params, x), rtol=1e-2)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
-
-
-def test_other_forms_and_float32_go_to_lax():
-    """Batch axes, other contraction orders and float32 operands: jax.lax.dot_general's result."""
-    a, b = _normal(5, (4, 6, 8)), _normal(6, (4, 8, 3))
-    batched = (((2,), (1,)), ((0,), (0,)))
-    got = mixed_matmul.dense_dot_general(a, b, batched)
-    np.testing.assert_array_equal(got, jax.lax.dot_general(a, b, batched))
-    f32 = _f32(a), _f32(b)
-    np.testing.assert_array_equal(
-        mixed_matmul.dense_dot_general(*f32, batched), jax.lax.dot_general(*f32, batched)
-    )
-    assert "custom_vjp" not in str(
-        jax.make_jaxpr(mixed_matmul.dense_dot_general, static_argnums=2)(
-            f32[0][0], f32[1][0], (((1,), (0,)), ((), ()))
-        )
-    )
-
-
 def test_remat_policies_recompute_it_to_the_same_gradients():
     """Under jax.checkpoint the custom product is recomputed, not saved, by dots_saveable (it is
     not a dot_general primitive to the policy); the gradients are the same either way."""
-    layer = nn.Dense(6, dtype=BF16, dot_general=mixed_matmul.dense_dot_general)
+    layer = layers.Dense(6, dtype=BF16)
     x = _normal(7, (4, 8)).astype(jnp.float32)
     params = layer.init(jax.random.PRNGKey(0), x)
 
@@ -112,8 +70,8 @@ def test_batched_products_and_gradients(batch, m, k, n):
     a, b, b_t = _normal(8, (*batch, m, k)), _normal(9, (*batch, k, n)), _normal(10, (*batch, n, k))
     g = _normal(11, (*batch, m, n))
     for fn, rhs, plain in (
-        (mixed_matmul.batched_matmul, b, lambda x, y: x @ y),
-        (mixed_matmul.batched_matmul_t, b_t, lambda x, y: x @ np.swapaxes(y, -1, -2)),
+        (mixed_matmul.matmul, b, lambda x, y: x @ y),
+        (mixed_matmul.matmul_t, b_t, lambda x, y: x @ np.swapaxes(y, -1, -2)),
     ):
         out, pullback = jax.vjp(fn, a, rhs)
         d_a, d_rhs = jax.jit(pullback)(g)
@@ -126,8 +84,6 @@ def test_batched_products_and_gradients(batch, m, k, n):
 
 
 def test_bf16_attention_takes_the_heads_first_products_and_matches_float32():
-    from ptjax.models import layers
-
     q, k, v = (_normal(i, (2, 6, 3, 8)) for i in (12, 13, 14))
     mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
 
@@ -151,8 +107,6 @@ def test_bf16_attention_takes_the_heads_first_products_and_matches_float32():
 def test_ptjax_dense_is_flax_dense_general(kwargs, dtype):
     """Same parameter tree and initial values as flax's DenseGeneral from the same key, the same
     outputs, and the same gradients (the bias's as a product; bf16 within its rounding)."""
-    from ptjax.models import layers
-
     init = dict(kernel_init=nn.initializers.normal(0.5), bias_init=nn.initializers.normal(0.5))
     ours = layers.Dense(**kwargs, **init, dtype=dtype)
     theirs = nn.DenseGeneral(**kwargs, **init, dtype=dtype)
@@ -166,6 +120,10 @@ def test_ptjax_dense_is_flax_dense_general(kwargs, dtype):
     def loss(module):
         return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x).astype(jnp.float32)))
 
+    # bf16 on this CPU takes the float32-accumulating product (a custom_vjp); float32 does not.
+    assert mixed_matmul.cpu_bf16(dtype) == (dtype == BF16)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss(ours)))(params, x))
+    assert ("name=matmul" in jaxpr) == (dtype == BF16) and "name=add_bias" in jaxpr
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=3e-2, atol=3e-2)
     np.testing.assert_allclose(_f32(ours.apply(params, x)), _f32(theirs.apply(params, x)), **tol)
     got = jax.jit(jax.grad(loss(ours), (0, 1)))(params, x)

@@ -230,7 +230,7 @@ def dot_product_attention(
     )
     if heads_first_products:
         query, key, value = heads_first(query), heads_first(key), heads_first(value)
-        logits = mixed_matmul.batched_matmul_t(query, key)  # [batch, heads, q_len, kv_len]
+        logits = mixed_matmul.matmul_t(query, key)  # [batch, heads, q_len, kv_len]
     else:
         kv = "bhkd" if kv_heads_first else "bkhd"
         logits = jnp.einsum(f"bqhd,{kv}->bhqk", query, key)
@@ -244,7 +244,7 @@ def dot_product_attention(
         keep, scale = dropout_keep(dropout_rng, dropout_rate, weights.shape)
         weights = jnp.where(keep, weights * jnp.asarray(scale, weights.dtype), 0).astype(dtype)
     if heads_first_products:
-        return heads_first(mixed_matmul.batched_matmul(weights, value))  # Back to [b, q, h, d].
+        return heads_first(mixed_matmul.matmul(weights, value))  # Back to [b, q, h, d].
     return jnp.einsum(f"bhqk,{kv}->bqhd", weights, value)
 
 

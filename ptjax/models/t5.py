@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptjax.models import layers, mixed_matmul, scan
+from ptjax.models import layers, scan
 
 Array = jax.Array
 
@@ -248,13 +248,12 @@ class Attention(nn.Module):
         cfg = self.config
         dtype, param_dtype = _dtypes(cfg)
 
-        def proj(name: str, stddev: float) -> nn.DenseGeneral:
-            return nn.DenseGeneral(
+        def proj(name: str, stddev: float) -> layers.Dense:
+            return layers.Dense(
                 (cfg.num_heads, cfg.d_kv),
                 use_bias=False,
                 kernel_init=layers.normal_init(stddev),
                 dtype=dtype,
-                dot_general=mixed_matmul.dot_general_for(dtype),
                 param_dtype=param_dtype,
                 name=name,
             )
@@ -294,13 +293,12 @@ class Attention(nn.Module):
             deterministic=deterministic,
             dtype=dtype,
         )  # [batch, q_len, heads, d_kv]
-        out = nn.DenseGeneral(
+        out = layers.Dense(
             cfg.d_model,
             axis=(-2, -1),
             use_bias=False,
             kernel_init=layers.normal_init(cfg.inner_dim**-0.5),
             dtype=dtype,
-            dot_general=mixed_matmul.dot_general_for(dtype),
             param_dtype=param_dtype,
             name="out",
         )(out)  # [batch, q_len, d_model]
@@ -319,13 +317,12 @@ class GatedMlp(nn.Module):
         cfg = self.config
         dtype, param_dtype = _dtypes(cfg)
 
-        def dense(features: int, stddev: float, name: str) -> nn.Dense:
-            return nn.Dense(
+        def dense(features: int, stddev: float, name: str) -> layers.Dense:
+            return layers.Dense(
                 features,
                 use_bias=False,
                 kernel_init=layers.normal_init(stddev),
                 dtype=dtype,
-                dot_general=mixed_matmul.dot_general_for(dtype),
                 param_dtype=param_dtype,
                 name=name,
             )
@@ -539,12 +536,11 @@ class T5(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Dense(
+            self.lm_head = layers.Dense(
                 cfg.vocab_size,
                 use_bias=False,
                 kernel_init=layers.normal_init(cfg.d_model**-0.5),
                 dtype=dtype,
-                dot_general=mixed_matmul.dot_general_for(dtype),
                 param_dtype=param_dtype,
             )
 
