@@ -19,6 +19,8 @@ accumulate in float32 already. `add_bias` is for every dtype.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -71,39 +73,25 @@ def times_transposed(x: Array, w: Array) -> Array:
     return product.reshape(x.shape[0], w.shape[0])
 
 
-@jax.custom_vjp
-def matmul(a: Array, b: Array) -> Array:
-    """a[..., M, K] @ b[..., K, N] over optional leading batch axes, accumulated in float32,
-    returned in a's dtype: dense layers, and attention's probabilities times values."""
-    return _product(a, b, a.ndim - 1, b.ndim - 2).astype(a.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(a: Array, b: Array, b_transposed: bool = False) -> Array:
+    """a[..., M, K] @ b[..., K, N] (b[..., N, K]^T if b_transposed) over optional leading batch
+    axes, accumulated in float32, returned in a's dtype: dense layers, and attention's
+    probabilities times values (queries times keys: `matmul_t`)."""
+    return _product(a, b, a.ndim - 1, b.ndim - (1 if b_transposed else 2)).astype(a.dtype)
 
 
-def _matmul_backward(residuals, g: Array):
+def _matmul_backward(b_transposed: bool, residuals, g: Array):
     a, b = residuals
     g = g.astype(a.dtype)
-    # d_a = g @ b^T: the right operand contracting over its last axis is a fast form already.
-    d_a = _product(g, b, g.ndim - 1, b.ndim - 1)
-    return d_a.astype(a.dtype), over_leading(a, g).astype(b.dtype)
+    # d_a = g @ b (transposed) or g @ b^T: both fast forms as they stand.
+    d_a = _product(g, b, g.ndim - 1, b.ndim - (2 if b_transposed else 1))
+    d_b = over_leading(g, a) if b_transposed else over_leading(a, g)
+    return d_a.astype(a.dtype), d_b.astype(b.dtype)
 
 
-matmul.defvjp(lambda a, b: (matmul(a, b), (a, b)), _matmul_backward)
-
-
-@jax.custom_vjp
-def matmul_t(a: Array, b: Array) -> Array:
-    """a[..., M, K] @ b[..., N, K]^T over optional leading batch axes, accumulated in float32,
-    returned in a's dtype: attention's queries times keys."""
-    return _product(a, b, a.ndim - 1, b.ndim - 1).astype(a.dtype)
-
-
-def _matmul_t_backward(residuals, g: Array):
-    a, b = residuals
-    g = g.astype(a.dtype)
-    d_a = _product(g, b, g.ndim - 1, b.ndim - 2)  # g @ b
-    return d_a.astype(a.dtype), over_leading(g, a).astype(b.dtype)
-
-
-matmul_t.defvjp(lambda a, b: (matmul_t(a, b), (a, b)), _matmul_t_backward)
+matmul.defvjp(lambda a, b, b_transposed: (matmul(a, b, b_transposed), (a, b)), _matmul_backward)
+matmul_t = functools.partial(matmul, b_transposed=True)
 
 
 @jax.custom_vjp
