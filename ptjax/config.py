@@ -114,6 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Gradient accumulation: each device's batch runs as this many slices, one after the other,
     # summed into one update (the big batch's update with a slice's activation memory).
     c.num_microbatches = 1
+    # Train steps per call of the compiled step: k > 1 runs k batches in one XLA execution (a
+    # lax.scan of the same step), which dispatches less and on a CPU allocates the step's
+    # working memory once per call (10-15% faster steps on a 2-core EPYC). Logs, evals,
+    # checkpoints, samples and preemption stops still land on their exact steps.
+    c.steps_per_execution = 1
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 3e-4  # Peak learning rate.
     c.optimizer.warmup_steps = 100
@@ -186,6 +191,7 @@ _RANGES = {
     "total_steps": (1, _INT_MAX, "[]"),
     "per_device_batch_size": (1, _INT_MAX, "[]"),
     "num_microbatches": (1, _INT_MAX, "[]"),
+    "steps_per_execution": (1, _INT_MAX, "[]"),
     "log_every_steps": (1, _INT_MAX, "[]"),
     "eval_every_steps": (1, _INT_MAX, "[]"),
     "checkpoint_every_steps": (1, _INT_MAX, "[]"),

@@ -87,6 +87,7 @@ class Options:
     tensor: int = 1
     devices: int = 0  # ptjax's CPU devices (0: as the process has them; N: N fake devices).
     dtype: str = "float32"  # Compute dtype of both sides (parameters stay float32).
+    steps_per_execution: int = 1  # ptjax's train steps per call: config key of that name.
 
     def check(self) -> None:
         """Raises ValueError naming the flag that cannot work."""
@@ -112,6 +113,14 @@ class Options:
             raise ValueError(f"--dtype={self.dtype!r} is not benchmarked; known: {DTYPES}.")
         if self.fsdp < 1 or self.tensor < 1:
             raise ValueError("--fsdp and --tensor must be at least 1.")
+        k = self.steps_per_execution
+        if k < 1 or (k > 1 and self.what != "train"):
+            raise ValueError("--steps_per_execution must be at least 1, and 1 unless --what=train.")
+        if self.steps % k or self.warmup_steps % k:
+            raise ValueError(
+                f"--steps={self.steps} and --warmup_steps={self.warmup_steps} must be multiples "
+                f"of --steps_per_execution={k} (ptjax runs that many steps per call)."
+            )
         if self.mode == "pmap" and (self.fsdp, self.tensor) != (1, 1):
             raise ValueError("--fsdp and --tensor are mesh axes: they need --mode=mesh.")
         if self.what == "generate" and (self.mode, self.devices) != ("pmap", 0):
@@ -235,15 +244,22 @@ def _machine_busy() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-def _block(step: Callable[[int], None], finish: Callable[[], None], steps: int, first: int):
-    """Runs `steps` steps and `finish()`; returns per-step wall, CPU seconds and page faults.
+def _block(
+    step: Callable[[int], None],
+    finish: Callable[[], None],
+    steps: int,
+    first: int,
+    per_call: int = 1,
+):
+    """Runs `steps` steps (`per_call` steps per call of `step`) and `finish()`; returns per-step
+    wall, CPU seconds and page faults.
 
     `other_cpu_fraction` is the share of the CPUs that other processes used meanwhile: on a
     shared machine, blocks where it is large are slower for reasons of their own.
     """
     wall0, cpu0, faults0 = _usage()
     busy0 = _machine_busy()
-    for i in range(steps):
+    for i in range(0, steps, per_call):
         step(first + i)
     finish()
     wall1, cpu1, faults1 = _usage()
@@ -318,7 +334,8 @@ def _hf_model(opts: Options, cfg: dict[str, Any]) -> Any:
 
 class _PtjaxSide:
     """ptjax's real train step: steps.train_step under the run's parallel wrapper (pmap, or jit
-    on a mesh), placed and called as the trainer does."""
+    on a mesh), placed and called as the trainer does, `steps_per_call` steps per call
+    (--steps_per_execution)."""
 
     def __init__(self, opts: Options):
         import jax
@@ -336,7 +353,7 @@ class _PtjaxSide:
         par = parallel.create(config.parallelism)
         self.state = par.place(state)
         task, _ = tasks.create(config, data_dir="")  # The trainer's task, set up for the config.
-        self.p_step = par.train_step(
+        self.p_step = par.train_steps(
             steps.train_step,
             jax.eval_shape(lambda: state),
             model=model,
@@ -346,11 +363,20 @@ class _PtjaxSide:
         )
         self.dtype = opts.dtype
         make_rows = SYNTHETIC_ROWS[opts.model]
-        self.batches = []
+        batches = []
         for k in range(4):
             rows_k = make_rows(opts, rows, model_config.vocab_size, opts.seed + k)
             shape = (self.devices, opts.per_device_batch_size, opts.seq_len)
-            self.batches.append({key: v.reshape(shape) for key, v in rows_k.items()})
+            batches.append({key: v.reshape(shape) for key, v in rows_k.items()})
+        # What one call takes, as the trainer stacks them: [devices, k, per_device, length].
+        self.steps_per_call = k = opts.steps_per_execution
+        self.batches = [
+            {
+                key: np.stack([batches[(c * k + j) % 4][key] for j in range(k)], axis=1)
+                for key in batches[0]
+            }
+            for c in range(4)
+        ]
         self.history: list[Any] = []
         if opts.model == "bert":  # MLM's model FLOPs: the vocabulary projection where masked.
             flops = family.flops_per_token(model_config, opts.seq_len, MLM_PREDICTED_FRACTION)
@@ -367,11 +393,13 @@ class _PtjaxSide:
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "mode": opts.mode,
             "mesh": None if par.mesh is None else dict(par.mesh.shape),
+            "steps_per_execution": k,
         }
 
     def step(self, i: int) -> None:
-        # The trainer's loop body: a host batch in, the metrics kept on the devices.
-        self.state, metrics = self.p_step(self.state, self.batches[i % len(self.batches)])
+        # The trainer's loop body: host batches in, the metrics kept on the devices.
+        call = i // self.steps_per_call
+        self.state, metrics = self.p_step(self.state, self.batches[call % len(self.batches)])
         self.history.append(metrics)
 
     def finish(self) -> None:
@@ -383,7 +411,7 @@ class _PtjaxSide:
             return
         host = jax.device_get(self.history)
         self.history = []
-        loss = float(np.asarray(host[-1]["loss"]).reshape(-1)[0])
+        loss = float(np.asarray(host[-1]["loss"]).reshape(-1)[-1])  # [devices, k]: the last.
         if not np.isfinite(loss):
             raise FloatingPointError(f"ptjax's loss is {loss}.")
         self.last_loss = loss
@@ -770,29 +798,30 @@ def _serve(side_name: str, opts: Options) -> None:
             side = side_class(opts)
         else:
             side = side_class(opts, len(cpus), json.loads(sys.stdin.readline()))
+        per_call = getattr(side, "steps_per_call", 1)  # ptjax: --steps_per_execution.
         start = time.perf_counter()
         side.step(0)
         side.finish()
         first = time.perf_counter() - start
         start = time.perf_counter()
-        for i in range(opts.warmup_steps):
-            side.step(1 + i)
+        for i in range(0, opts.warmup_steps, per_call):
+            side.step(per_call + i)
         side.finish()
         warmup = time.perf_counter() - start
         info = dict(side.info, cpus=len(cpus), first_step_seconds=first, warmup_seconds=warmup)
         info["matmul_flops_per_second"] = side.matmul_flops(tries=6)
         info["matmul_size"] = getattr(side, "matmul_size", MATMUL_SIZE)
         send(info)
-        done = 1 + opts.warmup_steps
+        done = per_call + opts.warmup_steps
         for line in sys.stdin:
             request = json.loads(line)
             if request["op"] == "exit":
                 break
             for _ in range(REWARM_STEPS):
                 side.step(done)
-                done += 1
+                done += per_call
             side.finish()
-            result = _block(side.step, side.finish, request["steps"], done)
+            result = _block(side.step, side.finish, request["steps"], done, per_call)
             done += request["steps"]
             # Measured again after every block: the machine's rate is the best seen in the run.
             result["matmul_flops_per_second"] = side.matmul_flops(tries=2)
@@ -929,6 +958,7 @@ def _summarise(opts, settings, sides, infos, blocks) -> dict[str, Any]:
         "mode": opts.mode,
         "mesh": ptjax_info.get("mesh"),
         "dtype": opts.dtype,
+        "steps_per_execution": opts.steps_per_execution,
         "per_device_batch_size": opts.per_device_batch_size,
         "seq_len": opts.seq_len,
         "prompt_len": opts.prompt_len if opts.what == "generate" else None,
@@ -1017,6 +1047,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"train step ({where}, {result['dtype']}), {result['devices']} device(s) x "
             f"{result['per_device_batch_size']} x {result['seq_len']} tokens"
         )
+        if result.get("steps_per_execution", 1) > 1:
+            shape += f", ptjax {result['steps_per_execution']} steps per call"
     else:
         shape = (
             f"greedy decode with KV cache, {result['per_device_batch_size']} prompts x "
@@ -1107,6 +1139,11 @@ def define_flags() -> None:
         list(DTYPES),
         "Compute dtype, parameters float32: ptjax's model.dtype, torch's CPU autocast.",
     )
+    flags.DEFINE_integer(
+        "steps_per_execution",
+        1,
+        "ptjax's train steps per call (config key steps_per_execution); divides --steps.",
+    )
     flags.DEFINE_string("worker", None, "Internal: run as the worker of one side.")
     flags.DEFINE_string("worker_options", None, "Internal: the worker's options as JSON.")
 
@@ -1138,6 +1175,7 @@ def main(argv: list[str]) -> None:
         tensor=FLAGS.tensor,
         devices=FLAGS.devices,
         dtype=FLAGS.dtype,
+        steps_per_execution=FLAGS.steps_per_execution,
     )
     try:
         opts.check()

@@ -21,7 +21,8 @@ def _script():
 
 
 def test_tiny_run_against_the_baseline_reports_the_json_keys():
-    """Also the mesh wrapper on 4 host devices and bf16 compute (torch autocast) on both sides."""
+    """Also the mesh wrapper on 4 host devices, bf16 compute (torch autocast) on both sides and
+    ptjax running its steps two per call."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     bench = _script()
@@ -29,7 +30,7 @@ def test_tiny_run_against_the_baseline_reports_the_json_keys():
         size="tiny",
         seq_len=16,
         per_device_batch_size=1,
-        steps=1,
+        steps=2,
         rounds=2,
         warmup_steps=0,
         env_tuning="on",
@@ -37,6 +38,7 @@ def test_tiny_run_against_the_baseline_reports_the_json_keys():
         fsdp=2,
         devices=4,
         dtype="bfloat16",
+        steps_per_execution=2,
     )
     result = bench.run_benchmark(opts, log=lambda line: None)
     json.loads(json.dumps(result))  # One JSON object.
@@ -64,6 +66,7 @@ def test_tiny_run_against_the_baseline_reports_the_json_keys():
     assert result["dtype"] == "bfloat16" and "bfloat16" in bench.format_table(result)
     assert result["speedup"] > 0 and result["ptjax_peak_rss_mib"] > 0
     assert "speedup" in bench.format_table(result)
+    assert "ptjax 2 steps per call" in bench.format_table(result)
 
 
 def test_unknown_model_and_what_are_refused_by_name():
@@ -84,6 +87,10 @@ def test_unknown_model_and_what_are_refused_by_name():
         bench.Options(fsdp=2).check()
     with pytest.raises(ValueError, match="--what=train"):
         bench.Options(what="generate", mode="mesh").check()
+    with pytest.raises(ValueError, match="multiples of --steps_per_execution=2"):
+        bench.Options(steps=3, steps_per_execution=2).check()
+    with pytest.raises(ValueError, match="--steps_per_execution"):
+        bench.Options(what="generate", steps_per_execution=2, steps=2, warmup_steps=2).check()
 
 
 def test_generate_against_hf_generate_counts_new_tokens():

@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from ptjax.config import ConfigError
@@ -152,6 +153,27 @@ def test_resume_is_exact(straight_run, tmp_path, data_dir, tokenizer_file):
         assert b["train/loss"][step] == a["train/loss"][step], step
         assert b["train/grad_norm"][step] == a["train/grad_norm"][step], step
     assert second["eval"] == straight["eval"]
+
+
+def test_steps_per_execution_runs_the_same_steps(straight_run, tmp_path, data_dir, tokenizer_file):
+    """5 steps per call (cut to land on logs at 4, 8, 12 and evals/checkpoints at 6, 12: calls
+    of 4, 1 (stopped at 5, resumed), 1, 2, 4 steps): the same run as one step per call, to the
+    bit (the eval after step 12; the logged means of the same per-step losses)."""
+    straight_dir, straight = straight_run
+    workdir = str(tmp_path / "multi")
+    config = tiny_config(
+        data_dir, tokenizer_file, steps_per_execution=5, log_every_steps=4, sample_every_steps=0
+    )
+    assert trainer.train_and_evaluate(config, workdir, stop_after_steps=5)["step"] == 5
+    result = trainer.train_and_evaluate(config, workdir)
+    assert result["step"] == 12
+    a, b = read_scalars(straight_dir), read_scalars(workdir)
+    assert sorted(b["train/loss"]) == [4, 5, 8, 12]  # 5: the stop's log line.
+    for first, last in [(1, 4), (5, 5), (6, 8), (9, 12)]:
+        expected = np.mean([a["train/loss"][s] for s in range(first, last + 1)])
+        assert b["train/loss"][last] == pytest.approx(expected, rel=1e-7), last  # float32 events
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
+    assert result["eval"] == straight["eval"]
 
 
 def test_finished_run_is_not_retrained(straight_run, data_dir, tokenizer_file):
@@ -323,12 +345,15 @@ def test_generate_script_names_a_missing_run_and_a_corrupt_checkpoint(straight_r
 
 
 def test_trainer_runs_and_restores_on_a_mesh(tmp_path, data_dir, tokenizer_file):
-    """parallelism.mode='mesh' through train_and_evaluate: trains, evaluates, checkpoints the
-    sharded state, and a second call restores it onto the mesh (and finds the run complete)."""
+    """parallelism.mode='mesh' through train_and_evaluate: trains (both steps in one call),
+    evaluates, checkpoints the sharded state, and a second call restores it onto the mesh (and
+    finds the run complete)."""
     config = tiny_config(
         data_dir,
         tokenizer_file,
         total_steps=2,
+        steps_per_execution=2,
+        log_every_steps=2,
         eval_every_steps=2,
         checkpoint_every_steps=2,
         sample_every_steps=0,
@@ -337,6 +362,10 @@ def test_trainer_runs_and_restores_on_a_mesh(tmp_path, data_dir, tokenizer_file)
     workdir = str(tmp_path / "mesh")
     first = trainer.train_and_evaluate(config, workdir)
     assert first["step"] == 2 and math.isfinite(first["train"]["loss"])
+    config.steps_per_execution = 1  # The same two steps in two calls: the same loss.
+    one_by_one = trainer.train_and_evaluate(config, str(tmp_path / "mesh_1"))
+    assert first["train"]["loss"] == one_by_one["train"]["loss"]
+    config.steps_per_execution = 2
     assert math.isfinite(first["eval"]["loss"])
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
     assert trainer.train_and_evaluate(config, workdir)["step"] == 2  # Restored, complete.

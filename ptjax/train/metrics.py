@@ -48,15 +48,34 @@ def write_config(writer: metric_writers.MetricWriter, config: ml_collections.Con
     writer.write_texts(0, {"config": "```\n" + text + "\n```"})
 
 
+def steps_of(history: list[dict[str, Any]]) -> int:
+    """The number of steps in a history of train calls' metrics, each [devices, k, ...]."""
+    return sum(int(np.shape(m["loss"])[1]) for m in history)
+
+
+def _per_step(host: list[dict[str, Any]], key: str | None = None) -> list[Any]:
+    """Host metrics of train calls ([devices, k, ...] each, the same on every device) as one
+    float dict per step, in order (or one value per step of metric `key`)."""
+    steps = []
+    for m in host:
+        for j in range(np.shape(m["loss"])[1]):
+            if key is None:
+                steps.append(jax.tree.map(lambda x, j=j: float(np.asarray(x)[0, j].flat[0]), m))
+            else:
+                steps.append(float(np.asarray(m[key])[0, j].flat[0]))
+    return steps
+
+
 def summarize_train(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Metrics of a log interval from per-step device metrics fetched in one transfer.
+    """Metrics of a log interval from the train calls' device metrics ([devices, k, ...] each:
+    k steps per call) fetched in one transfer.
 
     Steps whose loss or gradients were not finite (their update was not applied) are left out
     of the means and counted in `nonfinite_steps`; `first_nonfinite` is the index of the first
-    such step in `history`, or -1.
+    such step in the interval, or -1.
     """
     host = jax.device_get(history)  # One device-to-host transfer for the whole interval.
-    first = [jax.tree.map(lambda x: float(np.asarray(x).reshape(-1)[0]), m) for m in host]
+    first = _per_step(host)
     bad = [i for i, m in enumerate(first) if m["nonfinite"]]
     good = [m for m in first if not m["nonfinite"]]
     weight = sum(m["weight"] for m in good)
@@ -74,12 +93,12 @@ def summarize_train(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def first_nonfinite(history: list[dict[str, Any]]) -> int:
-    """Index in `history` of the first step with a non-finite loss or gradient, or -1.
+    """Index among `history`'s steps of the first with a non-finite loss or gradient, or -1.
 
     Fetches one flag per step: for the check before a checkpoint between log intervals.
     """
-    flags = jax.device_get([m["nonfinite"] for m in history])
-    bad = [i for i, f in enumerate(flags) if np.asarray(f).reshape(-1)[0]]
+    host = jax.device_get([{"loss": m["loss"], "nonfinite": m["nonfinite"]} for m in history])
+    bad = [i for i, f in enumerate(_per_step(host, "nonfinite")) if f]
     return bad[0] if bad else -1
 
 

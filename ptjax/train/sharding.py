@@ -124,6 +124,9 @@ def tree_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows of a global batch [global_batch, ...] split over the data and fsdp axes."""
+def batch_sharding(mesh: Mesh, steps_axis: bool = False) -> NamedSharding:
+    """Rows of a global batch [global_batch, ...] split over the data and fsdp axes (steps_axis:
+    of batches stacked [k, global_batch, ...], the steps axis unsplit)."""
+    if steps_axis:
+        return NamedSharding(mesh, PartitionSpec(None, LOGICAL_RULES["batch"]))
     return NamedSharding(mesh, PartitionSpec(LOGICAL_RULES["batch"]))

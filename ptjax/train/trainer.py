@@ -227,6 +227,12 @@ def train_batches(
     return iterator
 
 
+def stack_batches(batches: list[Any]) -> Any:
+    """Batches as the pipeline yields them, [local_devices, per_device_batch, ...], stacked for
+    Parallel.train_steps: [local_devices, k, per_device_batch, ...]."""
+    return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)
+
+
 def resharded_data_seed(seed: int, step: int) -> int:
     """The data seed of a run resumed at `step` under another process count: new for each such
     resume, and the same on every process."""
@@ -513,7 +519,7 @@ def _train_and_evaluate(
         config.seq_len,
     )
 
-    p_train_step = par.train_step(
+    p_train_steps = par.train_steps(
         steps.train_step,
         abstract_state,
         model=model,
@@ -567,18 +573,27 @@ def _train_and_evaluate(
         os.path.join(workdir, "profile"), start_step + 1, config.profile_steps
     )
     cleanup.callback(profiler.stop)
+    # Steps after which something happens; a call of k steps never runs past one of them.
+    every = [config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps]
+    if generator is not None:
+        every.append(config.sample_every_steps)
+    marks = [profiler.first_step, profiler.last_step] if config.profile_steps else []
     done = start_step
-    for step in range(start_step, end_step):
-        batch = next(train_iter)
-        profiler.before_step(step)
-        state, step_metrics = p_train_step(state, batch)
-        profiler.after_step(step + 1, state)
+    while done < end_step:
+        k = min([config.steps_per_execution, end_step - done] + [n - done % n for n in every])
+        k = min([k] + [m - done for m in marks if m > done])
+        batch = stack_batches([next(train_iter) for _ in range(k)])
+        profiler.before_step(done)
+        state, step_metrics = p_train_steps(state, batch)
+        done += k
+        profiler.after_step(done, state)
         history.append(step_metrics)
-        done = step + 1
-        stopping = stop.should_stop(done)  # A Python flag; a collective every N steps multi-host.
+        stopping = False
+        for step in range(done - k + 1, done + 1):  # A Python flag; a collective every N steps
+            stopping = stop.should_stop(step) or stopping  # in a multi-process run.
         last = done == end_step
         if done % config.log_every_steps == 0 or last or stopping:
-            first = done - len(history) + 1
+            first = done - metrics_lib.steps_of(history) + 1
             summary = metrics_lib.summarize_train(history)
             history = []
             nonfinite, first_bad = summary.pop("nonfinite_steps"), summary.pop("first_nonfinite")
@@ -630,7 +645,9 @@ def _train_and_evaluate(
             # Between log intervals, fetch the steps' flags: never save after a bad step.
             if history and stop_policy and (bad := metrics_lib.first_nonfinite(history)) >= 0:
                 raise metrics_lib.nonfinite_error(
-                    done - len(history) + 1 + bad, last_saved, str(checkpointer.directory)
+                    done - metrics_lib.steps_of(history) + 1 + bad,
+                    last_saved,
+                    str(checkpointer.directory),
                 )
             checkpointer.save(done, par.to_host(state), train_iter)
             last_saved = done
