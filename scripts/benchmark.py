@@ -116,10 +116,10 @@ class Options:
         k = self.steps_per_execution
         if k < 1 or (k > 1 and self.what != "train"):
             raise ValueError("--steps_per_execution must be at least 1, and 1 unless --what=train.")
-        if self.steps % k or self.warmup_steps % k:
+        if self.steps % k:
             raise ValueError(
-                f"--steps={self.steps} and --warmup_steps={self.warmup_steps} must be multiples "
-                f"of --steps_per_execution={k} (ptjax runs that many steps per call)."
+                f"--steps={self.steps} must be a multiple of --steps_per_execution={k} (ptjax "
+                "runs that many steps per call)."
             )
         if self.mode == "pmap" and (self.fsdp, self.tensor) != (1, 1):
             raise ValueError("--fsdp and --tensor are mesh axes: they need --mode=mesh.")
@@ -804,15 +804,16 @@ def _serve(side_name: str, opts: Options) -> None:
         side.finish()
         first = time.perf_counter() - start
         start = time.perf_counter()
-        for i in range(0, opts.warmup_steps, per_call):
-            side.step(per_call + i)
+        warmup_calls = -(-opts.warmup_steps // per_call)  # At least --warmup_steps steps.
+        for i in range(warmup_calls):
+            side.step(per_call * (1 + i))
         side.finish()
         warmup = time.perf_counter() - start
         info = dict(side.info, cpus=len(cpus), first_step_seconds=first, warmup_seconds=warmup)
         info["matmul_flops_per_second"] = side.matmul_flops(tries=6)
         info["matmul_size"] = getattr(side, "matmul_size", MATMUL_SIZE)
         send(info)
-        done = per_call + opts.warmup_steps
+        done = per_call * (1 + warmup_calls)
         for line in sys.stdin:
             request = json.loads(line)
             if request["op"] == "exit":
