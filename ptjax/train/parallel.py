@@ -85,17 +85,10 @@ class Parallel:
         """A state or params (host or one device) onto the devices, as the steps take them."""
         return replicate(tree) if self.mesh is None else place_on_mesh(tree, self.mesh)
 
-    def train_step(self, step_fn: Callable, abstract_state: Any, **kwargs: Any) -> Callable:
-        if self.mesh is None:
-            return pmap_train_step(step_fn, **kwargs)
-        return _taking_local_batches(
-            mesh_train_step(step_fn, self.mesh, abstract_state, **kwargs), self.mesh
-        )
-
     def train_steps(self, step_fn: Callable, abstract_state: Any, **kwargs: Any) -> Callable:
-        """train_step taking k batches stacked as [local_devices, k, per_device_batch, ...]
-        (k >= 1, any k; each new k compiles once) and running them in one call (over_steps).
-        Metrics come back [devices or 1, k, ...]."""
+        """The train step `step_fn` (state donated) taking k batches stacked as [local_devices,
+        k, per_device_batch, ...] (k >= 1, any k; each new k compiles once) and running them in
+        one call (over_steps). Metrics come back [devices or 1, k, ...]."""
         if self.mesh is None:
             return pmap_train_steps(step_fn, **kwargs)
         step = mesh_train_step(step_fn, self.mesh, abstract_state, steps_axis=True, **kwargs)
