@@ -53,17 +53,14 @@ def steps_of(history: list[dict[str, Any]]) -> int:
     return sum(int(np.shape(m["loss"])[1]) for m in history)
 
 
-def _per_step(host: list[dict[str, Any]], key: str | None = None) -> list[Any]:
+def _per_step(host: list[dict[str, Any]]) -> list[dict[str, float]]:
     """Host metrics of train calls ([devices, k, ...] each, the same on every device) as one
-    float dict per step, in order (or one value per step of metric `key`)."""
-    steps = []
-    for m in host:
-        for j in range(np.shape(m["loss"])[1]):
-            if key is None:
-                steps.append(jax.tree.map(lambda x, j=j: float(np.asarray(x)[0, j].flat[0]), m))
-            else:
-                steps.append(float(np.asarray(m[key])[0, j].flat[0]))
-    return steps
+    float dict per step, in order."""
+    return [
+        jax.tree.map(lambda x, j=j: float(np.asarray(x)[0, j].flat[0]), m)
+        for m in host
+        for j in range(np.shape(m["loss"])[1])
+    ]
 
 
 def summarize_train(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -97,9 +94,11 @@ def first_nonfinite(history: list[dict[str, Any]]) -> int:
 
     Fetches one flag per step: for the check before a checkpoint between log intervals.
     """
-    host = jax.device_get([{"loss": m["loss"], "nonfinite": m["nonfinite"]} for m in history])
-    bad = [i for i, f in enumerate(_per_step(host, "nonfinite")) if f]
-    return bad[0] if bad else -1
+    flags = [
+        np.asarray(f)[0].reshape(-1) for f in jax.device_get([m["nonfinite"] for m in history])
+    ]
+    bad = np.flatnonzero(np.concatenate(flags))  # [devices, k] per call: device 0's, in order.
+    return int(bad[0]) if bad.size else -1
 
 
 def nonfinite_error(step: int, last_checkpoint: int | None, where: str) -> NonFiniteLossError:
