@@ -371,11 +371,7 @@ class _PtjaxSide:
         # What one call takes, as the trainer stacks them: [devices, k, per_device, length].
         self.steps_per_call = k = opts.steps_per_execution
         self.batches = [
-            {
-                key: np.stack([batches[(c * k + j) % 4][key] for j in range(k)], axis=1)
-                for key in batches[0]
-            }
-            for c in range(4)
+            parallel.stack_batches([batches[(c * k + j) % 4] for j in range(k)]) for c in range(4)
         ]
         self.history: list[Any] = []
         if opts.model == "bert":  # MLM's model FLOPs: the vocabulary projection where masked.

@@ -24,10 +24,17 @@ AXIS = "batch"
 
 
 def pmap_train_step(
-    step_fn: Callable, devices: Sequence[Any] | None = None, **kwargs: Any
+    step_fn: Callable,
+    devices: Sequence[Any] | None = None,
+    steps_axis: bool = False,
+    **kwargs: Any,
 ) -> Callable:
-    """pmap over the batch axis (all local devices by default), donating the old state."""
+    """pmap over the batch axis (all local devices by default), donating the old state.
+    steps_axis: batches [devices, k, per_device_batch, ...] run as k steps (over_steps), with
+    metrics [devices, k, ...]."""
     fn = functools.partial(step_fn, axis_name=AXIS, **kwargs)
+    if steps_axis:
+        fn = over_steps(fn)
     return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
@@ -50,13 +57,10 @@ def over_steps(step_fn: Callable) -> Callable:
     return run
 
 
-def pmap_train_steps(
-    step_fn: Callable, devices: Sequence[Any] | None = None, **kwargs: Any
-) -> Callable:
-    """pmap_train_step over batches [devices, k, per_device_batch, ...]: k steps per call
-    (over_steps); metrics [devices, k, ...]."""
-    fn = over_steps(functools.partial(step_fn, axis_name=AXIS, **kwargs))
-    return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+def stack_batches(batches: Sequence[Any]) -> Any:
+    """Batches as the pipeline yields them, [local_devices, per_device_batch, ...], stacked as
+    Parallel.train_steps takes them: [local_devices, k, per_device_batch, ...]."""
+    return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)
 
 
 def pmap_eval_step(
@@ -90,7 +94,7 @@ class Parallel:
         k, per_device_batch, ...] (k >= 1, any k; each new k compiles once) and running them in
         one call (over_steps). Metrics come back [devices or 1, k, ...]."""
         if self.mesh is None:
-            return pmap_train_steps(step_fn, **kwargs)
+            return pmap_train_step(step_fn, steps_axis=True, **kwargs)
         step = mesh_train_step(step_fn, self.mesh, abstract_state, steps_axis=True, **kwargs)
         return _taking_local_batches(step, self.mesh, steps_axis=True)
 

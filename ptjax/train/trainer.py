@@ -227,12 +227,6 @@ def train_batches(
     return iterator
 
 
-def stack_batches(batches: list[Any]) -> Any:
-    """Batches as the pipeline yields them, [local_devices, per_device_batch, ...], stacked for
-    Parallel.train_steps: [local_devices, k, per_device_batch, ...]."""
-    return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)
-
-
 def resharded_data_seed(seed: int, step: int) -> int:
     """The data seed of a run resumed at `step` under another process count: new for each such
     resume, and the same on every process."""
@@ -582,7 +576,7 @@ def _train_and_evaluate(
     while done < end_step:
         k = min([config.steps_per_execution, end_step - done] + [n - done % n for n in every])
         k = min([k] + [m - done for m in marks if m > done])
-        batch = stack_batches([next(train_iter) for _ in range(k)])
+        batch = parallel.stack_batches([next(train_iter) for _ in range(k)])
         profiler.before_step(done)
         state, step_metrics = p_train_steps(state, batch)
         done += k
