@@ -2,7 +2,9 @@
 that checkpoint (encoder restored, head fresh) -> evaluation of the best checkpoint on the test
 split, through the trainer, scripts/evaluate.py's library and the Python API."""
 
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,12 +15,28 @@ import pytest
 from test_train_e2e import read_scalars, snapshot
 
 from ptjax import QuestionAnswerer, TextClassifier
-from ptjax.config import ConfigError
+from ptjax.config import ConfigError, load_run_config
 from ptjax.config_presets import bert_classification_config, bert_config, bert_qa_config
 from ptjax.data import classification_corpora
 from ptjax.train import checkpoint, evaluator, trainer
 
-SPAM_TEST_EXAMPLES = 528  # The bundled spam/ham set's fixed test split.
+SPAM_TEST_EXAMPLES = 528
+
+
+@contextlib.contextmanager
+def captured_logs():
+    """The messages logged (at INFO and above) while the block runs."""
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)  # The bundled spam/ham set's fixed test split.
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +118,23 @@ def test_fine_tune_restores_the_encoder_keeps_a_fresh_head_and_evaluates(
         fresh["classification"]["classifier"]["kernel"],
     )
 
-    result = trainer.train_and_evaluate(config, workdir)
+    # Another named size: the shape comes from the source run's config.json, as listed.
+    config.model.size = "small"
+    with captured_logs() as logs:
+        result = trainer.train_and_evaluate(config, workdir)
     assert result["step"] == 6
     assert snapshot(source) == before  # The pretraining run is only read.
+    saved = load_run_config(workdir).model
+    assert (saved.size, saved.num_layers, saved.d_model, saved.num_heads, saved.d_ff) == (
+        "small",
+        2,
+        128,
+        2,
+        512,
+    )
+    assert saved.vocab_size == 400 and saved.max_len == 0  # small's 512 positions, as tiny's.
+    taken = "model.num_layers=2, model.d_model=128, model.num_heads=2, model.d_ff=512"
+    assert any(taken in line and source in line for line in logs), logs
     # The source run's tokenizer came along.
     assert os.path.exists(os.path.join(workdir, "tokenizer", "spm.model"))
     scalars = read_scalars(workdir)
@@ -168,9 +200,19 @@ def test_fine_tune_errors_name_the_problem(pretrained, data_dir, tmp_path):
     with pytest.raises(ConfigError, match="model.num_labels=3"):
         trainer.train_and_evaluate(config, str(tmp_path / "b"))
     config = _fine_tune_config(source, data_dir)
-    config.model.size = "mini"  # Another width: the encoder does not fit.
-    with pytest.raises(checkpoint.CheckpointMismatchError, match="bert/embeddings"):
+    config.model.d_model = 256  # Contradicts the source run's width.
+    with pytest.raises(ConfigError, match=r"model.d_model=256 contradicts .* d_model=128"):
         trainer.train_and_evaluate(config, str(tmp_path / "c"))
+    config = _fine_tune_config(source, data_dir)
+    config.model.pre_ln = True  # Another architecture with the same shapes.
+    with pytest.raises(ConfigError, match=r"pre_ln=True \(source: False\)"):
+        trainer.train_and_evaluate(config, str(tmp_path / "d"))
+    config = _fine_tune_config(source, data_dir)
+    config.init_checkpoint = os.path.join(source, "checkpoints", "4")  # A step directory.
+    config.model.vocab_size = 500  # Another vocabulary than the source's tokenizer.
+    with pytest.raises(ConfigError, match="model.vocab_size=500 contradicts"):
+        trainer.train_and_evaluate(config, str(tmp_path / "e"))
+    assert not any(os.path.exists(tmp_path / d) for d in "cde")
 
 
 def test_extractive_qa_fine_tune_and_evaluate(pretrained, data_dir, tmp_path):

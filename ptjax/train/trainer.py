@@ -31,7 +31,7 @@ from ptjax.data.tokenizer import (
     tokenizer_file,
     train_tokenizer,
 )
-from ptjax.train import accounting, lock, optim, parallel, preemption, steps
+from ptjax.train import accounting, lock, optim, parallel, preemption, source_run, steps
 from ptjax.train import metrics as metrics_lib
 from ptjax.train.checkpoint import (
     BestParams,
@@ -113,18 +113,6 @@ def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.tokenizer.path or tokenizer_file(os.path.join(workdir, "tokenizer"))
 
 
-def source_tokenizer(init_checkpoint: str) -> str | None:
-    """The tokenizer of the run an `init_checkpoint` comes from (a workdir, its checkpoints/ or
-    best/ directory, or a step directory in them), if that run has one."""
-    path = os.path.abspath(init_checkpoint)
-    for _ in range(3):
-        candidate = tokenizer_file(os.path.join(path, "tokenizer"))
-        if os.path.exists(candidate):
-            return candidate
-        path = os.path.dirname(path)
-    return None
-
-
 def load_or_train_tokenizer(
     config: ml_collections.ConfigDict, workdir: str, data_dir: str, task: Any = None
 ) -> Tokenizer:
@@ -139,7 +127,7 @@ def load_or_train_tokenizer(
             raise config_lib.ConfigError(f"Config key tokenizer.path: {e}") from None
     if os.path.exists(path):
         return load_tokenizer(path)
-    source = source_tokenizer(config.init_checkpoint) if config.init_checkpoint else None
+    source = source_run.source_tokenizer(config.init_checkpoint) if config.init_checkpoint else None
     if source is not None:
         path = os.path.join(workdir, "tokenizer", os.path.basename(source))
         if jax.process_index() == 0:
@@ -375,6 +363,15 @@ def train_and_evaluate(
     SIGINT does the same after the current step and sets result['preempted'].
     """
     config_lib.validate(config)
+    config, taken = source_run.adopt_source_shape(config, workdir)
+    if taken:
+        config_lib.validate(config)
+        if jax.process_index() == 0:
+            logging.info(
+                "From init_checkpoint's run %s: %s.",
+                source_run.find_run_dir(config.init_checkpoint) or workdir,
+                ", ".join(taken),
+            )
     resuming = check_workdir(workdir)
     try:
         lock.check_not_busy(workdir)
