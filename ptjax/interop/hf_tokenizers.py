@@ -2,11 +2,17 @@
 behind ptjax's tokenizer interface, through the `tokenizers` library.
 
 `HFTokenizer(path)` reads a `tokenizer.json` and, next to it, `tokenizer_config.json` /
-`special_tokens_map.json` for the special tokens. It offers what the pipelines use of
-`ptjax.data.tokenizer.Tokenizer`: `vocab_size`, `pad_id`/`eos_id`/`unk_id`/`bos_id`,
-`piece_to_id`, `id_to_piece`, `encode`, `encode_batch`, `encode_with_offsets`, `decode`.
-As with ptjax's sentencepiece models, `encode` adds no special tokens and never produces one
-from text ("[MASK]" in a text is tokenised as text).
+`special_tokens_map.json` for the special tokens (the first wins where both name one). It offers
+what the pipelines use of `ptjax.data.tokenizer.Tokenizer`: `vocab_size`, `pad_id`/`eos_id`/
+`unk_id`/`bos_id`, `piece_to_id`, `id_to_piece`, `encode`, `encode_batch`,
+`encode_with_offsets`, `decode`. As with ptjax's sentencepiece models, `encode` adds no special
+tokens and never produces one from text ("[MASK]" in a text is tokenised as text).
+
+ptjax's pipelines own padding, truncation, special tokens and windows, so the tokenizer.json's
+own settings for them (a sentence-transformers export pads and cuts every text to 128 tokens)
+are switched off at load: its padding, its truncation and its post-processor (special tokens,
+ByteLevel/RoBERTa offset trimming). `HFTokenizer.switched_off` names what was; the file itself is
+never changed, so an export copies it back as it was.
 
 Special ids are the tokenizer's own. BERT has no eos/bos: they are [SEP]/[CLS]. GPT-2 has no
 pad token, and ptjax needs one the tokenizer never emits (the LM pipeline gives padding weight 0
@@ -20,6 +26,7 @@ T5's `spiece.model` is a sentencepiece model and goes through `ptjax.data.tokeni
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -70,14 +77,84 @@ def _read_json(path: str) -> dict[str, Any]:
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
     return data if isinstance(data, dict) else {}
 
 
-def _is_byte_level(tokenizer: Any) -> bool:
-    pre = json.loads(tokenizer.to_str()).get("pre_tokenizer") or {}
+def _special_config(directory: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, key -> file it came from) of tokenizer_config.json over special_tokens_map.json
+    (older exports have only the latter) in `directory`."""
+    config: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):  # The later file wins.
+        data = _read_json(os.path.join(directory, name))
+        config.update(data)
+        source.update(dict.fromkeys(data, name))
+    return config, source
+
+
+def _is_byte_level(description: dict[str, Any]) -> bool:
+    pre = description.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     return any(p.get("type") == "ByteLevel" for p in parts if isinstance(p, dict))
+
+
+# Post-processors that add special tokens (when asked to; ptjax never asks).
+_ADDS_SPECIALS = ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
+
+
+def _describe_padding(padding: dict[str, Any]) -> str:
+    strategy = padding.get("strategy")
+    if isinstance(strategy, dict):  # {"Fixed": 128}
+        strategy = ", ".join(f"{kind} {value}" for kind, value in strategy.items())
+    parts = [str(strategy), f"pad_id {padding.get('pad_id')}"]
+    if padding.get("pad_to_multiple_of"):
+        parts.append(f"pad_to_multiple_of {padding['pad_to_multiple_of']}")
+    if padding.get("direction") not in (None, "Right"):
+        parts.append(f"direction {padding['direction']}")
+    return f"padding ({', '.join(parts)})"
+
+
+def _describe_truncation(truncation: dict[str, Any]) -> str:
+    parts = [f"max_length {truncation.get('max_length')}", str(truncation.get("strategy"))]
+    if truncation.get("stride"):
+        parts.append(f"stride {truncation['stride']}")
+    if truncation.get("direction") not in (None, "Right"):
+        parts.append(f"direction {truncation['direction']}")
+    return f"truncation ({', '.join(parts)})"
+
+
+def _describe_post_processor(post: dict[str, Any]) -> str:
+    kind = post.get("type")
+    parts = post.get("processors", []) if kind == "Sequence" else [post]
+    parts = [p for p in parts if isinstance(p, dict)]
+    kinds = [str(p.get("type")) for p in parts]
+    name = f"Sequence({', '.join(kinds)})" if kind == "Sequence" else str(kind)
+    notes = []
+    if any(k in _ADDS_SPECIALS for k in kinds):
+        notes.append("its special tokens are added by ptjax's pipelines")
+    if any(p.get("trim_offsets") for p in parts):
+        notes.append("trim_offsets: encode_with_offsets trims spans itself")
+    return f"post-processor {name}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _switch_off(tokenizer: Any, description: dict[str, Any]) -> tuple[str, ...]:
+    """Switches off `tokenizer`'s padding, truncation and post-processor (`description` is its
+    JSON); one line for each that was on."""
+    lines = []
+    if description.get("padding"):
+        lines.append(_describe_padding(description["padding"]))
+        tokenizer.no_padding()
+    if description.get("truncation"):
+        lines.append(_describe_truncation(description["truncation"]))
+        tokenizer.no_truncation()
+    if description.get("post_processor"):
+        lines.append(_describe_post_processor(description["post_processor"]))
+        tokenizer.post_processor = None  # Ids and offsets as the bare model gives them.
+    return tuple(lines)
 
 
 class HFTokenizer:
@@ -94,14 +171,18 @@ class HFTokenizer:
         except Exception as e:  # The Rust side raises plain Exceptions for malformed files.
             raise ValueError(f"{self._path!r} is not a valid tokenizer.json: {e}") from e
         self._tok.encode_special_tokens = True  # Text never becomes a special token.
-        directory = os.path.dirname(self._path)
-        config = {
-            **_read_json(os.path.join(directory, SPECIAL_TOKENS_MAP)),
-            **_read_json(os.path.join(directory, TOKENIZER_CONFIG)),
-        }
+        description = json.loads(self._tok.to_str())
+        self._switched_off = _switch_off(self._tok, description)
+        if self._switched_off:
+            logging.info(
+                "Tokenizer %s: switched off its %s (ptjax's pipelines own them).",
+                self._path,
+                "; ".join(self._switched_off),
+            )
+        config, self._config_source = _special_config(os.path.dirname(self._path))
         self._ids = {role: self._role_id(role, config) for role in _ROLES}
         if self._ids["pad"] is None:
-            self._ids["pad"] = self._unused_byte_id()
+            self._ids["pad"] = self._unused_byte_id(description)
         if self._ids["eos"] is None:
             raise ValueError(
                 f"Tokenizer {self._path!r} has no eos (or sep) token; name one as 'eos_token' in "
@@ -122,8 +203,8 @@ class HFTokenizer:
                 token_id = self._tok.token_to_id(token)
                 if token_id is None:
                     raise ValueError(
-                        f"{TOKENIZER_CONFIG} next to {self._path!r} names {key}={token!r}, which "
-                        "is not in the vocabulary."
+                        f"{self._config_source[key]} next to {self._path!r} names {key}="
+                        f"{token!r}, which is not in the vocabulary."
                     )
                 return token_id
         if any(key in config for key in keys):
@@ -133,8 +214,8 @@ class HFTokenizer:
                 return self._tok.token_to_id(token)
         return None
 
-    def _unused_byte_id(self) -> int:
-        if _is_byte_level(self._tok):
+    def _unused_byte_id(self, description: dict[str, Any]) -> int:
+        if _is_byte_level(description):
             for b in _NEVER_IN_UTF8:
                 token_id = self._tok.token_to_id(_byte_char(b))
                 if token_id is not None:
@@ -147,6 +228,12 @@ class HFTokenizer:
     @property
     def path(self) -> str:
         return self._path
+
+    @property
+    def switched_off(self) -> tuple[str, ...]:
+        """The tokenizer.json's own padding, truncation and post-processor settings that were
+        switched off at load, one line each (empty when it had none)."""
+        return self._switched_off
 
     @property
     def vocab_size(self) -> int:
@@ -213,11 +300,12 @@ class HFTokenizer:
 
 def build(directory: str) -> Any:
     """A `tokenizers.Tokenizer` from an HF tokenizer's files, as transformers 5 builds it:
-    tokenizer.json, else BERT's vocab.txt (WordPiece), else GPT-2's vocab.json + merges.txt."""
+    tokenizer.json, else BERT's vocab.txt (WordPiece), else GPT-2's vocab.json + merges.txt;
+    special tokens and settings from tokenizer_config.json and special_tokens_map.json."""
     import tokenizers
     from tokenizers import decoders, models, normalizers, pre_tokenizers
 
-    config = _read_json(os.path.join(directory, TOKENIZER_CONFIG))
+    config, _ = _special_config(directory)
     path = os.path.join(directory, TOKENIZER_JSON)
     if os.path.exists(path):
         return tokenizers.Tokenizer.from_file(path)

@@ -1,17 +1,20 @@
 """Reading and writing Hugging Face model directories: config.json plus weights.
 
 Weights are `model.safetensors` (read with `safetensors.numpy`, no torch needed) or
-`pytorch_model.bin` (needs torch), either possibly sharded with an index file
-(`*.index.json`: tensor name -> shard file). Arrays come back in their stored dtype (bfloat16 as
-ml_dtypes' numpy type); the family mappings convert to float32.
+`pytorch_model.bin` (needs torch; read only with `torch.load(weights_only=True)`, which never
+runs code from the file), either possibly sharded with an index file (`*.index.json`: tensor
+name -> shard file). Arrays come back in their stored dtype (bfloat16 as ml_dtypes' numpy type);
+the family mappings convert to float32.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from typing import Any
 
+import ml_dtypes  # noqa: F401  Registers bfloat16 with numpy, which safetensors.numpy needs.
 import numpy as np
 
 CONFIG = "config.json"
@@ -61,7 +64,26 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             f"{path} is a PyTorch pickle, which needs torch to read (pip install torch, the CPU "
             "build is enough); or convert the directory to model.safetensors."
         ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if "unsupported" in line.lower()]
+        detail = lines[0].rstrip(".") if lines else e
+        raise ValueError(
+            f"{path} holds Python objects besides tensors ({detail}). "
+            "ptjax reads PyTorch pickles only with torch.load(weights_only=True), which never runs "
+            "code from the file; convert the checkpoint to model.safetensors with a tool you trust."
+        ) from None
+    if not isinstance(state, dict):
+        problem = f"it holds a {type(state).__name__}"
+    else:
+        others = [k for k, v in state.items() if not torch.is_tensor(v)]
+        problem = f"its entries {others[:3]} are not tensors" if others else ""
+    if problem:
+        raise ValueError(
+            f"{path} is not a state dict (tensor name -> tensor): {problem}; save the model's "
+            "state_dict() (save_pretrained does)."
+        )
     out = {}
     for name, tensor in state.items():
         if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: widen exactly.
