@@ -10,6 +10,7 @@ _LAZY = {
     "Generator": "ptjax.decoding.generator",
     "TextClassifier": "ptjax.text_classifier",
     "QuestionAnswerer": "ptjax.question_answerer",
+    "TextEmbedder": "ptjax.text_embedder",
 }
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from ptjax import config_presets, models
 from ptjax.config import load_run_config, validate
 from ptjax.data import tokenizer as tokenizer_lib
-from ptjax.interop import hf_bert, hf_gpt2, hf_t5, hf_tokenizers, hf_weights
+from ptjax.interop import hf_bert, hf_gpt2, hf_pooling, hf_t5, hf_tokenizers, hf_weights
 from ptjax.interop.tensor_map import ConversionError
 from ptjax.models import scan
 
@@ -166,8 +166,9 @@ def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDic
     # keys, with the run config's model.<shape key> overrides (a 6 x 384 MiniLM as bert/small).
     other_count, _, size, diffs, c, differing = min(near, key=lambda n: n[:3])
     if other_count == 0:
-        for key in differing:
-            c.model[key] = want[key]
+        for key in models.SHAPE_KEYS:  # In order: a T5 decoder follows a new encoder depth.
+            if key in want and getattr(family.make_config(c), key) != want[key]:
+                c.model[key] = want[key]
         if dataclasses.asdict(family.make_config(c)) == want:
             validate(c)
             return c
@@ -254,6 +255,11 @@ def import_hf(hf_dir: str, out_workdir: str) -> HFModel:
     def build(tmp: str) -> None:
         path = _import_tokenizer(hf_dir, os.path.join(tmp, "tokenizer"), model.family)
         tokenizer = tokenizer_lib.load_tokenizer(path)
+        if isinstance(tokenizer, hf_tokenizers.HFTokenizer):
+            model.notes += [
+                f"tokenizer.json {what}: switched off (ptjax's pipelines own it)"
+                for what in tokenizer.switched_off
+            ]
         config = run_config(model, tokenizer.vocab_size)
         extra = models.MODELS[model.family].extra_vocab(config)
         try:
@@ -264,6 +270,20 @@ def import_hf(hf_dir: str, out_workdir: str) -> HFModel:
         _write_json(os.path.join(tmp, "config.json"), config.to_dict(), indent=2, sort_keys=True)
         _write_json(os.path.join(tmp, HF_CONFIG_COPY), model.hf_config, indent=2)
         _save_params(tmp, model.params)
+        carried = hf_pooling.copy_files(hf_dir, os.path.join(tmp, hf_pooling.ST_DIR))
+        if carried:
+            kept = (
+                f"sentence-transformers files kept in {hf_pooling.ST_DIR}/ ({', '.join(carried)})"
+            )
+            try:
+                st = hf_pooling.settings(os.path.join(tmp, hf_pooling.ST_DIR))
+            except (OSError, ValueError) as e:  # The model imports; its pooling is the user's.
+                model.notes.append(f"{kept}; TextEmbedder needs pooling=...: {e}")
+            else:
+                model.notes.append(
+                    f"{kept}: TextEmbedder pools {'+'.join(st['pooling']) or 'mean'}"
+                    f"{', L2-normalised' if st['normalize'] else ''}"
+                )
 
     _build_in_sibling(out_workdir, "Output workdir", build)
     for note in model.notes:
@@ -365,6 +385,7 @@ def export_hf(source: str, out_dir: str) -> str:
     def build(tmp: str) -> None:
         hf_weights.write_model(tmp, hf, state)
         _export_tokenizer(tokenizer, config.model.family, config.seq2seq.extra_ids, tmp)
+        hf_pooling.copy_files(os.path.join(workdir, hf_pooling.ST_DIR), tmp)
 
     _build_in_sibling(out_dir, "Output directory", build)
     return arch
