@@ -35,3 +35,18 @@ def test_best_params_track_improvements_and_survive_a_restart(tmp_path):
     assert lower.update(2, {"loss": 1.0}, params(2.0))
     assert not lower.update(3, {"loss": 1.5}, params(3.0))
     lower.close()
+
+
+def test_relative_directories_work_as_a_relative_workdir_does(tmp_path, monkeypatch):
+    """Orbax wants absolute paths; `--workdir=runs/x` is relative to the current directory."""
+    from ptjax.train.checkpoint import Checkpointer, restore_matching_params
+
+    monkeypatch.chdir(tmp_path)
+    params = {"w": np.full((2,), 7.0, np.float32)}
+    best = BestParams("runs/x/best", "loss", "min")
+    assert best.update(5, {"loss": 1.0}, params)
+    best.close()
+    assert (tmp_path / "runs" / "x" / "best" / "5").is_dir()
+    restored = restore_matching_params("runs/x/best/5", {"w": np.zeros((2,), np.float32)})
+    np.testing.assert_array_equal(restored.params["w"], [7.0, 7.0])
+    assert str(Checkpointer("runs/x/checkpoints", keep=1).directory).startswith(str(tmp_path))

@@ -34,6 +34,13 @@ from jax.experimental import multihost_utils
 from ptjax.models import scan
 
 
+def absolute(path: str) -> epath.Path:
+    """`path` as Orbax needs it: absolute (a relative --workdir is relative to the current
+    directory); bucket paths (gs://...) as they are."""
+    path = os.fspath(path)
+    return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose parameters do not fit the configured model."""
 
@@ -173,7 +180,7 @@ class Checkpointer:
         """`read_only` opens an existing directory for the checks before a run writes anything
         (nothing is saved through it); otherwise the directory is created and the temporary
         directories of saves that were killed are removed."""
-        self.directory = epath.Path(directory)
+        self.directory = absolute(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataIteratorHandler()},
@@ -330,7 +337,7 @@ class BestParams:
     RECORD = "best.json"
 
     def __init__(self, directory: str, metric: str, mode: str):
-        self.directory = epath.Path(directory)
+        self.directory = absolute(directory)
         self.metric, self.mode = metric, mode
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -381,7 +388,7 @@ class BestParams:
 
 def _step_directory(path: str) -> epath.Path:
     """The checkpoint step directory of `path`: a step directory, a workdir or its checkpoints/."""
-    root = epath.Path(path)
+    root = absolute(path)
     if not root.exists():
         raise FileNotFoundError(f"init_checkpoint {path!r} does not exist.")
     if (root / "checkpoints").exists():
