@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from ptjax import runtime
 
@@ -36,9 +36,7 @@ def main(argv):
             arch = export_hf(FLAGS.workdir, FLAGS.hf_dir)
             print(f"wrote {arch} to {FLAGS.hf_dir}")
         else:
-            model = import_hf(FLAGS.hf_dir, FLAGS.workdir)
-            for note in model.notes:
-                logging.info("%s", note)
+            model = import_hf(FLAGS.hf_dir, FLAGS.workdir)  # Logs what it did besides copies.
             print(
                 f"wrote {model.architecture} as ptjax {model.family} (task {model.task}) to "
                 f"{FLAGS.workdir}"
