@@ -34,14 +34,19 @@ tokenizer_file = e2e.tokenizer_file
 
 
 def config_changes(mode):
-    """tiny_config's changes for every run: 8 rows of 32 tokens a step, eval once at the end."""
+    """tiny_config's changes for every run: 8 rows of 32 tokens a step; evals, samples, the best
+    checkpoint and checkpoints all on, as in a default run (process 0 alone samples: every
+    process must still join what sampling gathers, or a mesh run hangs)."""
     changes = {
         "total_steps": STEPS,
-        "eval_every_steps": 1000,
-        "checkpoint_every_steps": 1000,
+        "eval_every_steps": 3,
+        "checkpoint_every_steps": 3,
         "keep_checkpoints": 3,
         "dataset.max_eval_batches": 1,
-        "sample_every_steps": 0,
+        "sample_every_steps": 2,
+        "sample_max_new_tokens": 4,
+        "best_metric": "loss",
+        "best_metric_mode": "min",
         "parallelism.mode": mode,
     }
     return changes
@@ -179,10 +184,11 @@ def runs(tmp_path_factory, data_dir, tokenizer_file):
     # All four started together; the shorter 2-process runs are waited for first.
     first = {f"{mode} 2x4": run(mode, 2, f"{mode}_2_then_1", STOP) for mode in ("pmap", "mesh")}
     first.update({f"{mode} 1x8": run(mode, 1, mode) for mode in ("pmap", "mesh")})
-    out, events, resumed = {}, {}, {}
+    out, events, resumed, logs = {}, {}, {}, {}
     for name, started in first.items():
         out[name] = started.finish()
         events[name] = events_files(started.workdir)
+        logs[name] = (started.workdir, started.logs)
         if name.endswith("2x4"):  # The 2-process run's checkpoint goes on in 1 process.
             mode = name.split()[0]
             resumed[f"{name} then 1x8"] = run(mode, 1, f"{mode}_2_then_1")
@@ -190,6 +196,7 @@ def runs(tmp_path_factory, data_dir, tokenizer_file):
         out[name] = started.finish()
         events[name] = events_files(started.workdir)
     out["events"] = events
+    out["logs"] = logs
     print(f"\n6 runs of the trainer (8 processes) in {time.monotonic() - start:.0f}s")
     return out
 
@@ -232,3 +239,16 @@ def test_only_process_zero_writes_tensorboard(runs):
 if __name__ == "__main__":
     index, count, port, workdir, data, spm, changes, stop = sys.argv[1:]
     worker(int(index), int(count), port, workdir, data, spm, json.loads(changes), int(stop) or None)
+
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_two_processes_sample_evaluate_and_keep_the_best(runs, mode):
+    """Samples (process 0 only), evals and the best checkpoint all ran, and the run finished."""
+    workdir, logs = runs["logs"][f"{mode} 2x4"]
+    with open(logs[0]) as f:
+        log = f.read()
+    assert "sample at step 2:" in log and "eval at step 3:" in log
+    with open(os.path.join(workdir, "best", "best.json")) as f:
+        assert json.load(f)["step"] == 3
+    with open(logs[1]) as f:
+        assert "sample at step" not in f.read()

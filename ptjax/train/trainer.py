@@ -529,7 +529,8 @@ def _train_and_evaluate(
 
     generator = None
     family = models.MODELS[config.model.family]
-    if config.sample_every_steps and _samples_text(config) and jax.process_index() == 0:
+    sampling = bool(config.sample_every_steps) and _samples_text(config)
+    if sampling and jax.process_index() == 0:
         from ptjax.decoding.generator import Generator
 
         # One local device and plain jit: process 0 samples alone, without collectives.
@@ -630,8 +631,12 @@ def _train_and_evaluate(
                     raise config_lib.ConfigError(e.args[0]) from None
                 if improved:
                     logging.info("New best %s=%.4f at step %d", best.metric, best.value, done)
-        if generator is not None and (done % config.sample_every_steps == 0 or last):
-            write_samples(generator, par.to_host(state.params), config, writer, done)
+        if sampling and (done % config.sample_every_steps == 0 or last):
+            # Every process joins the gather (a collective on a multi-host mesh); process 0,
+            # which alone holds the generator, decodes.
+            host_params = par.to_host(state.params)
+            if generator is not None:
+                write_samples(generator, host_params, config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last or stopping:
             # Between log intervals, fetch the steps' flags: never save after a bad step.
             if history and stop_policy and (bad := metrics_lib.first_nonfinite(history)) >= 0:
