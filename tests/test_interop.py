@@ -32,6 +32,8 @@ from ptjax.models import t5
 from ptjax.train.checkpoint import restore_matching_params, restore_params
 
 torch = pytest.importorskip("torch")
+from hf_reference import perturb  # noqa: E402  (after torch is known to be there)
+
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -50,15 +52,6 @@ CORPUS = [
     "café naïve résumé ångström 東京 北京",
     "in the beginning god created the heaven and the earth",
 ] * 20
-
-
-def _perturb(model, seed: int = 0):
-    """Random values everywhere (HF inits norms to 1/0 and biases to 0), eval mode."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _tensors(path: str) -> dict[str, np.ndarray]:
@@ -114,7 +107,7 @@ def _bert_dir(tmp_path, name: str, cls: str, **kw) -> str:
         attn_implementation="eager",
         **kw,
     )
-    model = _perturb(getattr(transformers, cls)(config))
+    model = perturb(getattr(transformers, cls)(config))
     path = str(tmp_path / name)
     model.save_pretrained(path)
     transformers.BertTokenizer(vocab=vocab).save_pretrained(path)
@@ -263,7 +256,7 @@ def gpt2_dir(tmp_path_factory):
         eos_token_id=vocab["<|endoftext|>"],
         attn_implementation="eager",
     )
-    model = _perturb(transformers.GPT2LMHeadModel(config))
+    model = perturb(transformers.GPT2LMHeadModel(config))
     with torch.no_grad():
         model.transformer.wte.weight.mul_(10.0)  # Peaked next-token distributions: no near-ties.
     path = str(tmp_path / "hf")
@@ -484,7 +477,7 @@ def test_t5_v1_1_gated_untied_parity_and_round_trip(tmp_path):
     torch.manual_seed(1)
     hf = transformers.T5ForConditionalGeneration(config)
     hf.lm_head.weight = torch.nn.Parameter(torch.randn(50, 32) * 32**-0.5)  # Its own head.
-    hf = _perturb(hf, seed=1)
+    hf = perturb(hf, seed=1)
     hf.save_pretrained(tmp_path / "hf")
     loaded = load_hf(str(tmp_path / "hf"))
     assert loaded.model_config.feed_forward == "gated-gelu"

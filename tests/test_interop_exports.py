@@ -21,6 +21,8 @@ from ptjax.data.tokenizer import load_tokenizer, tokenizer_file
 from ptjax.interop import ConversionError, import_hf, load_hf
 
 torch = pytest.importorskip("torch")
+from hf_reference import perturb  # noqa: E402  (after torch is known to be there)
+
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
@@ -30,15 +32,6 @@ BERT_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
     | {"the", "quick", "brown", "fox", "hello", "world", "cafe", "naive"}
 )
 GPT2_VOCAB = 300
-
-
-def _perturb(model, seed: int = 0):
-    """Random values everywhere (HF inits norms to 1/0 and biases to 0), eval mode."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _bert(vocab_size: int = len(BERT_TOKENS), seed: int = 0, **kw):
@@ -52,7 +45,7 @@ def _bert(vocab_size: int = len(BERT_TOKENS), seed: int = 0, **kw):
         attn_implementation="eager",
         **kw,
     )
-    return _perturb(transformers.BertModel(config), seed)
+    return perturb(transformers.BertModel(config), seed)
 
 
 def _gpt2(seed: int = 0):
@@ -66,7 +59,7 @@ def _gpt2(seed: int = 0):
         eos_token_id=GPT2_VOCAB - 1,
         attn_implementation="eager",
     )
-    return _perturb(transformers.GPT2LMHeadModel(config), seed)
+    return perturb(transformers.GPT2LMHeadModel(config), seed)
 
 
 def _padded(vocab: int, seed: int = 0, batch: int = 3, length: int = 12):

@@ -17,15 +17,13 @@ from ptjax.train.checkpoint import restore_matching_params
 from ptjax.train.state import init_params
 
 torch = pytest.importorskip("torch")
+from hf_reference import perturb  # noqa: E402  (after torch is known to be there)
+
 transformers = pytest.importorskip("transformers")
 
 
 def _save(model, path):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.eval().save_pretrained(path)
+    perturb(model).save_pretrained(path)
 
 
 def _fits(config, workdir, vocab):

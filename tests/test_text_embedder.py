@@ -14,6 +14,8 @@ from ptjax import TextEmbedder
 from ptjax.interop import export_hf, hf_pooling, import_hf
 
 torch = pytest.importorskip("torch")
+from hf_reference import perturb  # noqa: E402  (after torch is known to be there)
+
 transformers = pytest.importorskip("transformers")
 
 TOKENS = (
@@ -46,12 +48,8 @@ def st_dir(tmp_path_factory):
         max_position_embeddings=64,
         attn_implementation="eager",
     )
-    torch.manual_seed(0)
-    model = transformers.BertModel(config, add_pooling_layer=True)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.eval().save_pretrained(path)
+    model = perturb(transformers.BertModel(config, add_pooling_layer=True))
+    model.save_pretrained(path)
     transformers.BertTokenizer(vocab={t: i for i, t in enumerate(TOKENS)}).save_pretrained(path)
     st = "sentence_transformers.models."
     modules = [

@@ -106,25 +106,26 @@ def _is_byte_level(description: dict[str, Any]) -> bool:
 _ADDS_SPECIALS = ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
 
 
+def _describe(what: str, parts: list[str], settings: dict[str, Any], optional: tuple) -> str:
+    """'what (part, part, ...)': `parts`, then the `optional` settings and a direction that
+    are set to other than their defaults."""
+    parts = parts + [f"{key} {settings[key]}" for key in optional if settings.get(key)]
+    if settings.get("direction") not in (None, "Right"):
+        parts.append(f"direction {settings['direction']}")
+    return f"{what} ({', '.join(parts)})"
+
+
 def _describe_padding(padding: dict[str, Any]) -> str:
     strategy = padding.get("strategy")
     if isinstance(strategy, dict):  # {"Fixed": 128}
         strategy = ", ".join(f"{kind} {value}" for kind, value in strategy.items())
     parts = [str(strategy), f"pad_id {padding.get('pad_id')}"]
-    if padding.get("pad_to_multiple_of"):
-        parts.append(f"pad_to_multiple_of {padding['pad_to_multiple_of']}")
-    if padding.get("direction") not in (None, "Right"):
-        parts.append(f"direction {padding['direction']}")
-    return f"padding ({', '.join(parts)})"
+    return _describe("padding", parts, padding, ("pad_to_multiple_of",))
 
 
 def _describe_truncation(truncation: dict[str, Any]) -> str:
     parts = [f"max_length {truncation.get('max_length')}", str(truncation.get("strategy"))]
-    if truncation.get("stride"):
-        parts.append(f"stride {truncation['stride']}")
-    if truncation.get("direction") not in (None, "Right"):
-        parts.append(f"direction {truncation['direction']}")
-    return f"truncation ({', '.join(parts)})"
+    return _describe("truncation", parts, truncation, ("stride",))
 
 
 def _describe_post_processor(post: dict[str, Any]) -> str:
