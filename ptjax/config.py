@@ -159,6 +159,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallelism.data = -1  # -1: all devices not used by fsdp x tensor.
     c.parallelism.fsdp = 1
     c.parallelism.tensor = 1
+    # Multi-slice (DCN) meshes: how many granules (TPU slices by the devices' slice_index;
+    # elsewhere processes) the data and fsdp axes span. Each granule holds a (data / dcn_data,
+    # fsdp / dcn_fsdp, tensor) block on its fast network; dcn_data x dcn_fsdp must equal the
+    # number of granules (1 x 1: one block over every device, which multi-slice TPUs refuse).
+    c.parallelism.dcn_data = 1
+    c.parallelism.dcn_fsdp = 1
 
     # Reliability.
     # A step whose loss or gradients are NaN/inf never changes the parameters; 'stop' then ends
@@ -202,6 +208,8 @@ _RANGES = {
     "parallelism.data": (-1, _INT_MAX, "[]"),
     "parallelism.fsdp": (1, _INT_MAX, "[]"),
     "parallelism.tensor": (1, _INT_MAX, "[]"),
+    "parallelism.dcn_data": (1, _INT_MAX, "[]"),
+    "parallelism.dcn_fsdp": (1, _INT_MAX, "[]"),
     "profile_steps": (0, _INT_MAX, "[]"),
     "peak_flops_per_device": (0.0, math.inf, "[)"),
     "model.vocab_size": (0, _INT_MAX, "[]"),

@@ -69,6 +69,8 @@ def _valid():
         (lambda c: setattr(c, "seq_len", 4096), "seq_len"),
         (lambda c: setattr(c.optimizer, "warmup_steps", 10_000), "warmup_steps"),
         (lambda c: setattr(c.dataset, "name", "text_files"), "train_files"),
+        (lambda c: setattr(c.parallelism, "dcn_data", 0), "parallelism.dcn_data"),
+        (lambda c: setattr(c.parallelism, "dcn_fsdp", -1), "parallelism.dcn_fsdp"),
     ],
 )
 def test_bad_values_are_named(change, match):

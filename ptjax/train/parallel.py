@@ -131,7 +131,8 @@ class Parallel:
 
 
 def create(parallelism: Any) -> Parallel:
-    """The run's Parallel from config.parallelism; a mesh must cover every device."""
+    """The run's Parallel from config.parallelism; a mesh must cover every device, and its DCN
+    axes (dcn_data, dcn_fsdp) must divide its axes and span every TPU slice or process."""
     if parallelism.mode == "pmap":
         return Parallel()
     from ptjax.config import ConfigError
@@ -144,7 +145,23 @@ def create(parallelism: Any) -> Parallel:
             f"Config keys parallelism.data={parallelism.data}, fsdp={fsdp}, tensor={tensor}: "
             f"the mesh must cover all {jax.device_count()} devices (data=-1 takes the rest)."
         )
-    return Parallel(sharding.make_mesh((data, fsdp, tensor)))
+    dcn_data, dcn_fsdp = parallelism.dcn_data, parallelism.dcn_fsdp
+    for axis, dcn, size in (("data", dcn_data, data), ("fsdp", dcn_fsdp, fsdp)):
+        if size % dcn:
+            given = getattr(parallelism, axis)
+            raise ConfigError(
+                f"Config key parallelism.dcn_{axis}={dcn} must divide the {axis} axis, {size} "
+                f"devices long (parallelism.{axis}={given}): each of the {dcn} slices or "
+                "processes it spans holds an equal part of it."
+            )
+    kind, count = sharding.granules(jax.devices())
+    if dcn_data * dcn_fsdp != count and (dcn_data * dcn_fsdp > 1 or kind == "slice"):
+        what = "TPU slices (the devices' slice_index)" if kind == "slice" else "processes"
+        raise ConfigError(
+            f"Config keys parallelism.dcn_data={dcn_data} x parallelism.dcn_fsdp={dcn_fsdp} "
+            f"must equal the number of {what} the devices span: {count}."
+        )
+    return Parallel(sharding.make_mesh((data, fsdp, tensor), dcn_shape=(dcn_data, dcn_fsdp, 1)))
 
 
 def _taking_local_batches(

@@ -5,7 +5,7 @@ costs a Python attribute read in a single-process run. In a multi-process run ev
 must save the same step, so the flag is agreed on:
 
 - When JAX's preemption service runs (`jax.distributed.initialize()` was called, as
-  `ptjax.runtime` does with PTJAX_COORDINATOR), SIGTERM is left to JAX: its coordination service
+  `ptjax.runtime.join_cluster` does for every multi-process run), SIGTERM is left to JAX: its coordination service
   tells every process about a notice and `reached_preemption_sync_point(step)` picks the same
   step everywhere, checked every step without a collective.
 - Otherwise (and always for SIGINT) the processes all-gather their flags every

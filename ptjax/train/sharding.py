@@ -13,6 +13,7 @@ sharded layer by layer as the unscanned one, its leading layer axis replicated.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ptjax.models import scan
@@ -64,15 +66,58 @@ def activation_rules(mesh: Mesh) -> Iterator[None]:
         yield
 
 
-def make_mesh(shape: Sequence[int], devices: Sequence[Any] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh of `shape` over `devices` (default: all devices)."""
-    devices = list(devices or jax.devices())
-    if int(np.prod(shape)) != len(devices):
+def granules(devices: Sequence[Any]) -> tuple[str, int]:
+    """What a DCN mesh axis spans over `devices`, and how many of them there are: TPU slices
+    (the devices' `slice_index`) on TPU, processes elsewhere."""
+    if devices[0].platform == "tpu" and hasattr(devices[0], "slice_index"):
+        return "slice", len({d.slice_index for d in devices})
+    return "process", len({d.process_index for d in devices})
+
+
+def device_grid(
+    shape: Sequence[int], devices: Sequence[Any], dcn_shape: Sequence[int] = (1, 1, 1)
+) -> np.ndarray:
+    """`devices` laid out as an array of `shape` by `jax.experimental.mesh_utils`.
+
+    On TPU the layout follows the chips' torus, giving the last axes (tensor, then fsdp) the
+    most links; on CPU and GPU it keeps the devices' order. `dcn_shape`: how many granules
+    (`granules`: TPU slices, else processes) each axis spans. Each granule then holds one
+    `shape / dcn_shape` block, so only those axes cross the slower network between granules.
+    """
+    shape, dcn_shape = tuple(shape), tuple(dcn_shape)
+    if math.prod(shape) != len(devices):
         raise ValueError(
-            f"Mesh shape {tuple(shape)} (data, fsdp, tensor) needs {int(np.prod(shape))} "
-            f"devices; there are {len(devices)}."
+            f"Mesh shape {shape} (data, fsdp, tensor) needs {math.prod(shape)} devices; there "
+            f"are {len(devices)}."
         )
-    return Mesh(np.array(devices).reshape(shape), MESH_AXES)
+    kind, count = granules(devices)
+    if math.prod(dcn_shape) == 1 and (kind == "process" or count == 1):  # One fast network.
+        return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    if any(size % dcn for size, dcn in zip(shape, dcn_shape, strict=True)):
+        raise ValueError(f"DCN shape {dcn_shape} does not divide mesh shape {shape}.")
+    if math.prod(dcn_shape) != count:
+        raise ValueError(
+            f"DCN shape {dcn_shape} spans {math.prod(dcn_shape)} {kind}(s); the devices are "
+            f"in {count}."
+        )
+    return mesh_utils.create_hybrid_device_mesh(
+        tuple(size // dcn for size, dcn in zip(shape, dcn_shape, strict=True)),
+        dcn_shape,
+        devices,
+        process_is_granule=kind == "process",
+        allow_split_physical_axes=True,
+    )
+
+
+def make_mesh(
+    shape: Sequence[int],
+    devices: Sequence[Any] | None = None,
+    dcn_shape: Sequence[int] = (1, 1, 1),
+) -> Mesh:
+    """A (data, fsdp, tensor) mesh of `shape` over `devices` (default: all devices), laid out
+    by `device_grid` (`dcn_shape`: how many TPU slices or processes each axis spans)."""
+    devices = list(devices or jax.devices())
+    return Mesh(device_grid(shape, devices, dcn_shape), MESH_AXES)
 
 
 def _axis_size(mesh: Mesh, axis: str | tuple[str, ...] | None) -> int:
