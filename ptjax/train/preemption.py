@@ -5,9 +5,10 @@ costs a Python attribute read in a single-process run. In a multi-process run ev
 must save the same step, so the flag is agreed on:
 
 - When JAX's preemption service runs (`jax.distributed.initialize()` was called, as
-  `ptjax.runtime.join_cluster` does for every multi-process run), SIGTERM is left to JAX: its coordination service
-  tells every process about a notice and `reached_preemption_sync_point(step)` picks the same
-  step everywhere, checked every step without a collective.
+  `ptjax.runtime.join_cluster` does for every multi-process run), SIGTERM is left to JAX: its
+  coordination service tells every process about a notice and
+  `reached_preemption_sync_point(step)` picks the same step everywhere, checked every step
+  without a collective.
 - Otherwise (and always for SIGINT) the processes all-gather their flags every
   `check_every_steps` steps: one tiny collective, at steps every process reaches, so a stop
   lands on the same step everywhere at most `check_every_steps` steps after the signal.
