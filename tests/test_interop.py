@@ -32,7 +32,7 @@ from ptjax.models import t5
 from ptjax.train.checkpoint import restore_matching_params, restore_params
 
 torch = pytest.importorskip("torch")
-from hf_reference import perturb  # noqa: E402  (after torch is known to be there)
+from hf_reference import padded, perturb  # noqa: E402  (after torch is known to be there)
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -75,15 +75,6 @@ def _workdir_params(workdir: str, **head_kwargs):
     return model, jax.tree.map(jnp.asarray, restore_params(workdir, abstract["params"]))
 
 
-def _padded(vocab: int, seed: int = 0, batch: int = 3, length: int = 12):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, (batch, length))
-    mask = np.ones((batch, length), np.int64)
-    mask[1, length - 5 :] = 0
-    mask[2, length - 2 :] = 0
-    return ids * mask, mask
-
-
 # ---------------------------------------------------------------------------------------------
 # BERT
 
@@ -124,7 +115,7 @@ def test_bert_masked_lm_import_parity_export_round_trip(tmp_path):
 
     hf = transformers.BertForMaskedLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
     model, params = _workdir_params(workdir)
-    ids, mask = _padded(len(BERT_TOKENS))
+    ids, mask = padded(len(BERT_TOKENS))
     types = np.zeros_like(ids)
     types[:, 6:] = 1
     with torch.no_grad():
@@ -172,7 +163,7 @@ def test_bert_classifier_import_parity_init_checkpoint_and_export(tmp_path):
     hf = transformers.BertForSequenceClassification.from_pretrained(hf_dir)
     hf.eval()
     model, params = _workdir_params(workdir, num_labels=3)
-    ids, mask = _padded(len(BERT_TOKENS), seed=1)
+    ids, mask = padded(len(BERT_TOKENS), seed=1)
     with torch.no_grad():
         want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
     got = np.asarray(model.apply({"params": params}, ids, None, mask))
@@ -277,7 +268,7 @@ def test_gpt2_import_parity_greedy_generation_and_export(gpt2_dir, tmp_path):
         trainer.check_workdir(workdir)
     model, params = _workdir_params(workdir)
     vocab = model.config.vocab_size
-    ids, mask = _padded(vocab, seed=2)
+    ids, mask = padded(vocab, seed=2)
     with torch.no_grad():
         want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
     got = np.asarray(model.apply({"params": params}, ids))
@@ -409,8 +400,8 @@ def test_t5_import_parity_greedy_generation_and_export(t5_dir, tmp_path):
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, dummy))["params"]
     params = jax.tree.map(jnp.asarray, restore_params(workdir, abstract))
 
-    enc, enc_mask = _padded(cfg.vocab_size, seed=3, length=14)
-    dec, dec_mask = _padded(cfg.vocab_size, seed=4, length=9)
+    enc, enc_mask = padded(cfg.vocab_size, seed=3, length=14)
+    dec, dec_mask = padded(cfg.vocab_size, seed=4, length=9)
     dec[:, 0] = t5.DECODER_START_ID
     with torch.no_grad():
         want = hf(
@@ -482,8 +473,8 @@ def test_t5_v1_1_gated_untied_parity_and_round_trip(tmp_path):
     loaded = load_hf(str(tmp_path / "hf"))
     assert loaded.model_config.feed_forward == "gated-gelu"
     assert not loaded.model_config.tie_word_embeddings and "lm_head" in loaded.params
-    enc, enc_mask = _padded(50, seed=5, length=10)
-    dec, dec_mask = _padded(50, seed=6, length=7)
+    enc, enc_mask = padded(50, seed=5, length=10)
+    dec, dec_mask = padded(50, seed=6, length=7)
     dec[:, 0] = 0
     with torch.no_grad():
         want = hf(

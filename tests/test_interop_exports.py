@@ -21,7 +21,7 @@ from ptjax.data.tokenizer import load_tokenizer, tokenizer_file
 from ptjax.interop import ConversionError, import_hf, load_hf
 
 torch = pytest.importorskip("torch")
-from hf_reference import perturb  # noqa: E402  (after torch is known to be there)
+from hf_reference import padded, perturb, tiny_bert_config  # noqa: E402  (after torch is known to be there)
 
 transformers = pytest.importorskip("transformers")
 
@@ -35,17 +35,7 @@ GPT2_VOCAB = 300
 
 
 def _bert(vocab_size: int = len(BERT_TOKENS), seed: int = 0, **kw):
-    config = transformers.BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-        **kw,
-    )
-    return perturb(transformers.BertModel(config), seed)
+    return perturb(transformers.BertModel(tiny_bert_config(vocab_size, **kw)), seed)
 
 
 def _gpt2(seed: int = 0):
@@ -62,15 +52,12 @@ def _gpt2(seed: int = 0):
     return perturb(transformers.GPT2LMHeadModel(config), seed)
 
 
-def _padded(vocab: int, seed: int = 0, batch: int = 3, length: int = 12):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, (batch, length))
-    mask = np.ones((batch, length), np.int64)
-    mask[1, length - 5 :] = 0
-    mask[2, length - 2 :] = 0
+def _padded(vocab: int, seed: int = 0):
+    """(ids, token types, mask): hf_reference.padded with segment B from position 6."""
+    ids, mask = padded(vocab, seed)
     types = np.zeros_like(ids)
     types[:, 6:] = 1
-    return ids * mask, types, mask
+    return ids, types, mask
 
 
 def _bert_diff(hf_model, model) -> float:

@@ -14,7 +14,7 @@ from ptjax import TextEmbedder
 from ptjax.interop import export_hf, hf_pooling, import_hf
 
 torch = pytest.importorskip("torch")
-from hf_reference import perturb  # noqa: E402  (after torch is known to be there)
+from hf_reference import perturb, tiny_bert_config  # noqa: E402  (after torch is known to be there)
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,15 +39,7 @@ MAX_SEQ = 16
 def st_dir(tmp_path_factory):
     """A sentence-transformers model directory as sentence-transformers 2.x saves one."""
     path = str(tmp_path_factory.mktemp("st") / "model")
-    config = transformers.BertConfig(
-        vocab_size=len(TOKENS),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
+    config = tiny_bert_config(len(TOKENS))
     model = perturb(transformers.BertModel(config, add_pooling_layer=True))
     model.save_pretrained(path)
     transformers.BertTokenizer(vocab={t: i for i, t in enumerate(TOKENS)}).save_pretrained(path)
