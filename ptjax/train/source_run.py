@@ -23,41 +23,34 @@ from ptjax.data.tokenizer import load_tokenizer, tokenizer_file
 
 CONFIG_FILE = "config.json"
 # Run-config keys (model.<key>) of a model's shape, in the order they are taken.
-SHAPE_KEYS = (
-    "num_layers",
-    "num_decoder_layers",
-    "d_model",
-    "num_heads",
-    "d_kv",
-    "d_ff",
-    "vocab_size",
-    "max_len",
-    "type_vocab_size",
-)
+SHAPE_KEYS = (*models.SHAPE_KEYS, "vocab_size", "max_len", "type_vocab_size")
 # Hyper-parameters a run chooses for itself; the rest of a model config is its architecture.
 _RUN_CHOICES = ("dropout_rate", "dtype", "param_dtype", "remat", "scan_layers")
+
+
+def _run_and_parents(path: str) -> list[str]:
+    """`path` (absolute) and the two directories above it: a run directory, its checkpoints/ or
+    best/, or a step directory in them."""
+    paths = [os.path.abspath(path)]
+    for _ in range(2):
+        paths.append(os.path.dirname(paths[-1]))
+    return paths
 
 
 def find_run_dir(path: str) -> str | None:
     """The ptjax run directory holding `path` (the directory itself, its checkpoints/ or best/,
     or a step directory in them), or None when no such directory has a config.json."""
-    path = os.path.abspath(path)
-    for _ in range(3):
-        if os.path.isfile(os.path.join(path, CONFIG_FILE)):
-            return path
-        path = os.path.dirname(path)
-    return None
+    found = [p for p in _run_and_parents(path) if os.path.isfile(os.path.join(p, CONFIG_FILE))]
+    return found[0] if found else None
 
 
 def source_tokenizer(init_checkpoint: str) -> str | None:
     """The tokenizer of the run an `init_checkpoint` comes from, if that run has one."""
-    path = os.path.abspath(init_checkpoint)
-    for _ in range(3):
-        candidate = tokenizer_file(os.path.join(path, "tokenizer"))
-        if os.path.exists(candidate):
-            return candidate
-        path = os.path.dirname(path)
-    return None
+    candidates = [
+        tokenizer_file(os.path.join(p, "tokenizer")) for p in _run_and_parents(init_checkpoint)
+    ]
+    found = [c for c in candidates if os.path.exists(c)]
+    return found[0] if found else None
 
 
 def _model_config(config: ml_collections.ConfigDict, tokenizer: str | None) -> object:

@@ -611,6 +611,8 @@ def _train_and_evaluate(
             writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
             metrics_lib.log_progress(done, config.total_steps, summary, tps, eta)
             writer.flush()
+        # The parameters on the host, gathered at most once a step (best save, samples).
+        params_on_host = functools.cache(functools.partial(par.to_host, state.params))
         if done % config.eval_every_steps == 0 or last:
             eval_metrics, details = run_eval(
                 task, model, p_eval_step, state.params, config, tokenizer, data_kwargs, par=par
@@ -626,7 +628,7 @@ def _train_and_evaluate(
             )
             if best is not None:
                 try:
-                    improved = best.update(done, eval_metrics, par.to_host(state.params))
+                    improved = best.update(done, eval_metrics, params_on_host())
                 except KeyError as e:
                     raise config_lib.ConfigError(e.args[0]) from None
                 if improved:
@@ -634,7 +636,7 @@ def _train_and_evaluate(
         if sampling and (done % config.sample_every_steps == 0 or last):
             # Every process joins the gather (a collective on a multi-host mesh); process 0,
             # which alone holds the generator, decodes.
-            host_params = par.to_host(state.params)
+            host_params = params_on_host()
             if generator is not None:
                 write_samples(generator, host_params, config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last or stopping:
