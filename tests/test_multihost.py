@@ -3,8 +3,10 @@
 Each run is the real trainer (`trainer.train_and_evaluate`) on the tiny GPT, dropout on, in its
 own process; two-process runs join with `jax.distributed` (coordinator on 127.0.0.1, gloo
 collectives). Their per-step train losses, read back from TensorBoard, must equal the
-one-process run's, in pmap and in mesh mode, and a two-process run stopped after 3 steps must
-resume in one process and go on with the uninterrupted run's losses.
+one-process run's, in pmap and in mesh mode (an FSDP mesh, (1, 8, 1)), and a two-process run
+stopped after 3 steps must resume in one process and go on with the uninterrupted run's losses.
+Its sharded checkpoint (each process wrote its own shards) must also restore into a (8, 1, 1)
+and a (2, 2, 2) mesh of two processes, bit for bit, and those runs go on with the same losses.
 
 The only stand-in is the data: ptjax's pipeline gives each process its own shard of the corpus,
 so 2 processes and 1 process see different batches. Here every process reads the 1-process
@@ -12,8 +14,10 @@ stream of global batches and keeps its own devices' rows, so both layouts train 
 global batches and their losses can be compared step by step.
 """
 
+import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,10 +37,17 @@ data_dir = e2e.data_dir  # The e2e module's fixtures: one corpus and tokenizer f
 tokenizer_file = e2e.tokenizer_file
 
 
+# Meshes (data, fsdp, tensor) the mesh runs' step-3 checkpoint is resumed under, 2 x 4 devices.
+RESHAPED = {
+    "data": {"parallelism.fsdp": 1},
+    "222": {"parallelism.fsdp": 2, "parallelism.tensor": 2},
+}
+
+
 def config_changes(mode):
     """tiny_config's changes for every run: 8 rows of 32 tokens a step; evals, samples, the best
-    checkpoint and checkpoints all on, as in a default run (process 0 alone samples: every
-    process must still join what sampling gathers, or a mesh run hangs)."""
+    checkpoint and checkpoints all on, as in a default run (on a mesh every process decodes the
+    samples with the sharded parameters; under pmap process 0 alone, on one device)."""
     changes = {
         "total_steps": STEPS,
         "eval_every_steps": 3,
@@ -49,6 +60,8 @@ def config_changes(mode):
         "best_metric_mode": "min",
         "parallelism.mode": mode,
     }
+    if mode == "mesh":
+        changes["parallelism.fsdp"] = 8  # (1, 8, 1): every parameter sharded over all devices.
     return changes
 
 
@@ -74,6 +87,43 @@ class GlobalStreamSlice:
 
     def restore(self, directory):
         self._inner.restore(directory)
+
+
+def write_restored_params(config, workdir, path):
+    """Restores the workdir's latest checkpoint as the trainer does, straight into this run's
+    shardings, and writes (process 0) its step, its parameters gathered (a test's gather) and
+    whether every array came back in the sharding asked for, to `path` (.npz)."""
+    import functools
+
+    import jax
+    from flax import traverse_util
+    from jax.experimental import multihost_utils
+
+    from ptjax import models
+    from ptjax.data.tokenizer import load_tokenizer
+    from ptjax.train import optim, parallel
+    from ptjax.train.checkpoint import Checkpointer
+    from ptjax.train.state import init_params, init_state
+
+    par = parallel.create(config.parallelism)
+    model, _ = models.build(config, load_tokenizer(config.tokenizer.path).vocab_size)
+    abstract_params = jax.eval_shape(
+        functools.partial(init_params, config, model), jax.random.PRNGKey(0)
+    )
+    tx, _ = optim.make_optimizer(config.optimizer, config.total_steps, abstract_params)
+    abstract = jax.eval_shape(functools.partial(init_state, config, model, tx))
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3, read_only=True)
+    step, state = checkpointer.restore_latest(abstract, None, par.shardings)
+    checkpointer.close()
+    wanted = jax.tree.leaves(par.shardings(abstract))
+    as_asked = all(
+        x.sharding.is_equivalent_to(s, x.ndim)
+        for x, s in zip(jax.tree.leaves(state), wanted, strict=True)
+    )
+    params = multihost_utils.process_allgather(state.params, tiled=True)
+    if jax.process_index() == 0:
+        flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+        np.savez(path, step=step, as_asked=as_asked, **flat)
 
 
 def worker(index, count, port, workdir, data_dir, tokenizer_file, changes, stop_after):
@@ -102,6 +152,8 @@ def worker(index, count, port, workdir, data_dir, tokenizer_file, changes, stop_
     CausalLM.train_batches = train_batches
     config = e2e.tiny_config(data_dir, tokenizer_file, **changes)
     assert jax.device_count() == 8, jax.devices()
+    if os.environ.get("PTJAX_TEST_RESTORED"):  # First the checkpoint alone, then the run.
+        write_restored_params(config, workdir, os.environ["PTJAX_TEST_RESTORED"])
     trainer.train_and_evaluate(config, workdir, stop_after_steps=stop_after)
     if count > 1:
         jax.distributed.shutdown()
@@ -111,7 +163,20 @@ class Run:
     """One run of `processes` x `8 / processes` CPU devices, its processes started now; their
     output goes to log files next to the workdir."""
 
-    def __init__(self, workdir, processes, mode, data_dir, tokenizer_file, stop_after=None):
+    def __init__(
+        self,
+        workdir,
+        processes,
+        mode,
+        data_dir,
+        tokenizer_file,
+        stop_after=None,
+        changes=None,
+        write_restored=False,
+    ):
+        """`changes`: config changes on top of config_changes(mode). `write_restored`: first
+        write the restored checkpoint's parameters to WORKDIR.restored.npz (write_restored_params).
+        """
         self.workdir = workdir
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -124,8 +189,10 @@ class Run:
             # The resumed runs reuse the compiled steps of the runs before them.
             JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(workdir), "jax_cache"),
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            PTJAX_TEST_RESTORED=f"{workdir}.restored.npz" if write_restored else "",
         )
-        args = [workdir, data_dir, tokenizer_file, json.dumps(config_changes(mode))]
+        changes = {**config_changes(mode), **(changes or {})}
+        args = [workdir, data_dir, tokenizer_file, json.dumps(changes)]
         name = f"{workdir}.{processes}x{8 // processes}.{stop_after or 'end'}"
         self.logs = [f"{name}.process{i}.log" for i in range(processes)]
         self.processes = []
@@ -173,13 +240,16 @@ def events_files(workdir):
 def runs(tmp_path_factory, data_dir, tokenizer_file):
     """Every run of the module, as many at a time as can be; {name: {step: train loss}}.
 
-    In each mode: 1 x 8 for 6 steps; 2 x 4 for 3 steps, then resumed by 1 x 8 in its workdir.
+    In each mode: 1 x 8 for 6 steps; 2 x 4 for 3 steps, then resumed by 1 x 8 in its workdir;
+    in mesh mode also resumed (from copies of its workdir) by 2 x 4 under the RESHAPED meshes.
     """
     root = tmp_path_factory.mktemp("multihost")
     start = time.monotonic()
 
-    def run(mode, processes, workdir, stop_after=None):
-        return Run(str(root / workdir), processes, mode, data_dir, tokenizer_file, stop_after)
+    def run(mode, processes, workdir, stop_after=None, changes=None):
+        path = str(root / workdir)
+        restored = changes is not None
+        return Run(path, processes, mode, data_dir, tokenizer_file, stop_after, changes, restored)
 
     # All four started together; the shorter 2-process runs are waited for first.
     first = {f"{mode} 2x4": run(mode, 2, f"{mode}_2_then_1", STOP) for mode in ("pmap", "mesh")}
@@ -191,13 +261,22 @@ def runs(tmp_path_factory, data_dir, tokenizer_file):
         logs[name] = (started.workdir, started.logs)
         if name.endswith("2x4"):  # The 2-process run's checkpoint goes on in 1 process.
             mode = name.split()[0]
+            if mode == "mesh":  # And, from copies, under other meshes of 2 processes.
+                out["saved"] = str(root / "mesh_saved")
+                shutil.copytree(started.workdir, out["saved"])
+                for shape, changes in RESHAPED.items():
+                    shutil.copytree(started.workdir, root / f"mesh_2_then_{shape}")
+                    resumed[f"mesh 2x4 then {shape}"] = run(
+                        mode, 2, f"mesh_2_then_{shape}", changes=changes
+                    )
             resumed[f"{name} then 1x8"] = run(mode, 1, f"{mode}_2_then_1")
     for name, started in resumed.items():
         out[name] = started.finish()
         events[name] = events_files(started.workdir)
+        logs[name] = (started.workdir, started.logs)
     out["events"] = events
     out["logs"] = logs
-    print(f"\n6 runs of the trainer (8 processes) in {time.monotonic() - start:.0f}s")
+    print(f"\n{len(out) - 3} runs of the trainer in {time.monotonic() - start:.0f}s")
     return out
 
 
@@ -223,6 +302,34 @@ def test_two_process_checkpoint_resumes_in_one_process(runs, mode):
     assert_same_losses(resumed, runs[f"{mode} 1x8"], range(1, STEPS + 1))
 
 
+def test_each_process_writes_its_own_shards(runs):
+    """The FSDP run's checkpoint: both processes wrote parameter data of their own (Orbax's
+    OCDBT files per process), and nothing was gathered to write it."""
+    state = os.path.join(runs["saved"], "checkpoints", str(STOP), "state")
+    for process in (0, 1):
+        files = glob.glob(os.path.join(state, f"ocdbt.process_{process}", "d", "*"))
+        assert files and sum(os.path.getsize(f) for f in files) > 0, os.listdir(state)
+
+
+@pytest.mark.parametrize("shape", sorted(RESHAPED))
+def test_sharded_checkpoint_restores_into_other_meshes(runs, shape):
+    """Read straight into a (8, 1, 1) or (2, 2, 2) mesh: every array in the sharding asked for,
+    the parameters bit for bit as saved; the run goes on with the uninterrupted run's losses."""
+    from flax import traverse_util
+
+    from ptjax.train import checkpoint
+
+    restored = np.load(os.path.join(runs["logs"][f"mesh 2x4 then {shape}"][0] + ".restored.npz"))
+    assert int(restored["step"]) == STOP and bool(restored["as_asked"])
+    saved = checkpoint.saved_params(os.path.join(runs["saved"], "checkpoints", str(STOP)))
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(saved).items()}
+    assert sorted(flat) == sorted(k for k in restored.files if k not in ("step", "as_asked"))
+    for key, value in flat.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
+    losses = runs[f"mesh 2x4 then {shape}"]
+    assert_same_losses(losses, runs["mesh 1x8"], range(1, STEPS + 1))
+
+
 def test_only_process_zero_writes_tensorboard(runs):
     """One events file per invocation: process 1 of a 2-process run writes none."""
     counts = {name: len(files) for name, files in runs["events"].items()}
@@ -233,6 +340,8 @@ def test_only_process_zero_writes_tensorboard(runs):
         "mesh 1x8": 1,
         "mesh 2x4": 1,
         "mesh 2x4 then 1x8": 2,
+        "mesh 2x4 then data": 2,
+        "mesh 2x4 then 222": 2,
     }
 
 

@@ -57,7 +57,9 @@ def run_input_prefix(config: Any) -> str:
 
 class Generator:
     """Decodes a causal LM or an encoder-decoder over all local devices (the batch is split
-    between them)."""
+    between them), or, given a `mesh`, on every device of it with the parameters as they are
+    sharded there (every process calls it with the same prompts, as a training run's samples
+    do; the prompts are replicated, the results come back to each process)."""
 
     def __init__(
         self,
@@ -67,6 +69,7 @@ class Generator:
         family: models.ModelFamily | None = None,
         devices: Sequence[Any] | None = None,
         input_prefix: str = "",
+        mesh: jax.sharding.Mesh | None = None,
     ):
         self.model = model
         # T5's module has an encoder; its prompts are encoder inputs, not a text to continue.
@@ -83,6 +86,7 @@ class Generator:
                 f"more than the model's vocab_size={model.config.vocab_size}; use the run's own "
                 "tokenizer."
             )
+        self._mesh = mesh
         self._devices = list(devices or jax.local_devices())
         self._replicated = None
 
@@ -105,7 +109,11 @@ class Generator:
         abstract = jax.eval_shape(
             lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, dummy)["params"]
         )
-        params = restore_params(checkpoint or workdir, abstract)
+        # Read onto the first local device; `_params_on` copies them to the others from there.
+        first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        params = restore_params(
+            checkpoint or workdir, abstract, lambda tree: jax.tree.map(lambda _: first, tree)
+        )
         return cls(model, params, tokenizer, family, input_prefix=run_input_prefix(config))
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -138,7 +146,8 @@ class Generator:
                 f"the model's {self.model.config.max_len} positions."
             )
         width = -(-longest // _PROMPT_BUCKET) * _PROMPT_BUCKET
-        n_dev = min(len(self._devices), len(prompt_ids))
+        # On a mesh one program takes the whole batch; else it is split over local devices.
+        n_dev = 1 if self._mesh is not None else min(len(self._devices), len(prompt_ids))
         per_device = -(-len(prompt_ids) // n_dev)
         rows = list(prompt_ids) + [[self.tokenizer.eos_id]] * (n_dev * per_device - len(prompt_ids))
         tokens, mask = left_pad(rows, self.tokenizer.pad_id, width)
@@ -191,7 +200,9 @@ class Generator:
         devices: prepared and copied there once, not at every call."""
         if self._replicated is None or self._replicated[0] != n_dev:
             prepared = jax.jit(self.family.decode_params)(self.params)
-            self._replicated = (n_dev, parallel.replicate(prepared, self._devices[:n_dev]))
+            if self._mesh is None:
+                prepared = parallel.replicate(prepared, self._devices[:n_dev])
+            self._replicated = (n_dev, prepared)  # On a mesh: sharded as the params are.
         return self._replicated[1]
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one Generator per model; few settings.
@@ -204,6 +215,18 @@ class Generator:
                 return best, lengths
             return sample(prefill, step, params, tokens, mask, rng, cfg)
 
+        if self._mesh is not None:  # One program over the mesh: the same on every process.
+            replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+            jitted = jax.jit(run, out_shardings=replicated)
+
+            def on_mesh(p: Any, t: Any, m: Any, r: Any) -> Any:
+                put = lambda x: jax.make_array_from_process_local_data(  # noqa: E731
+                    replicated, np.asarray(x[0])
+                )
+                out = jitted(p, put(t), put(m), put(r))
+                return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[None], out)
+
+            return on_mesh
         if n_dev == 1:  # Plain jit: also right for one process of a multi-host run.
             jitted = jax.jit(run)
             return lambda p, t, m, r: jax.tree.map(

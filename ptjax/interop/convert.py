@@ -36,7 +36,6 @@ from types import ModuleType
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from ptjax import config_presets, models
 from ptjax.config import load_run_config, validate
@@ -321,17 +320,6 @@ def _locate(source: str) -> tuple[str, str]:
     return workdir, os.path.join(directory, str(steps[-1]))
 
 
-def _read_params(step_dir: str) -> dict[str, Any]:
-    import jax
-    import orbax.checkpoint as ocp
-    from etils import epath
-
-    state = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
-        epath.Path(step_dir) / "state"
-    )
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), dict(state["params"]))
-
-
 def _export_tokenizer(tokenizer: Any, family: str, extra_ids: int, out_dir: str) -> list[str]:
     directory = os.path.dirname(tokenizer.path)
     written = hf_tokenizers.copy_files(directory, out_dir)
@@ -365,7 +353,9 @@ def export_hf(source: str, out_dir: str) -> str:
     cfg = models.MODELS[config.model.family].make_config(config, tokenizer.vocab_size)
     # Hugging Face has one tensor per layer: a scanned run's stacks are unstacked first.
     cfg = dataclasses.replace(cfg, scan_layers=False)
-    state, arch = kind.params_to_hf(scan.unstack_layers(_read_params(step_dir)), cfg)
+    from ptjax.train import checkpoint  # Orbax: imported where a checkpoint is read.
+
+    state, arch = kind.params_to_hf(scan.unstack_layers(checkpoint.saved_params(step_dir)), cfg)
     if kind is hf_bert:
         labels = int(state["classifier.bias"].shape[0]) if "classifier.bias" in state else 0
         hf = hf_bert.hf_config(cfg, arch, labels=labels, pad_id=tokenizer.pad_id)

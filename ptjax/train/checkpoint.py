@@ -1,9 +1,15 @@
 """Orbax checkpoints: the train state plus each process's input-pipeline position.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data}. Orbax writes a step into
-`<step>.orbax-checkpoint-tmp` and renames it when complete, so a run killed mid-save leaves the
-previous checkpoints as they were; the next writable Checkpointer deletes such temporary
-directories (and nothing else).
+Layout: WORKDIR/checkpoints/<step>/{state, data}. The state is saved from its global arrays
+as they are sharded (`Parallel.global_view`): each process writes its own shards (OCDBT files
+per process, merged into one tree at the end) while the step loop goes on; only the shards a
+process writes are copied to its host, once, before `save` returns. Restores read straight
+into the shardings the run asks for (`shardings`: a function of the abstract tree, e.g.
+`Parallel.shardings`), under any mesh or process count; without one they give numpy arrays.
+
+Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when complete, so a run
+killed mid-save leaves the previous checkpoints as they were; the next writable Checkpointer
+deletes such temporary directories (and nothing else).
 
 A newest checkpoint that cannot be read (a truncated or deleted file) is never deleted:
 `restore_latest` warns, falls back to the newest readable one and renames the unreadable ones to
@@ -18,9 +24,11 @@ Resume order (trainer.py): this workdir's latest checkpoint, then `init_checkpoi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -39,6 +47,11 @@ def absolute(path: str) -> epath.Path:
     directory); bucket paths (gs://...) as they are."""
     path = os.fspath(path)
     return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+# A function from an abstract tree (arrays or ShapeDtypeStructs) to its shardings, e.g.
+# `Parallel.shardings`: where a restore puts what it reads.
+Shardings = Callable[[Any], Any]
 
 
 class CheckpointMismatchError(ValueError):
@@ -196,7 +209,10 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, iterator: Any) -> None:
-        """Starts an async save of a host-side state; the iterator position is saved now."""
+        """Starts an asynchronous save of `state` (global jax.Arrays as they are sharded, or host
+        arrays) and saves the iterator position now. Returns once this process's shards are
+        copied off the devices (so the next step may reuse their buffers); the write goes on
+        in the background, and a save that is killed leaves only a temporary directory."""
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -226,17 +242,22 @@ class Checkpointer:
         layout = _data_layout(self.directory / str(step) / "data")
         return int(layout["data_seed"]) if layout else default
 
-    def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
-        """Restores state (as numpy on the host) and the iterator position of `step` (iterator
-        None: the state alone, as a resume under another process count takes it).
+    def restore(
+        self, step: int, abstract_state: Any, iterator: Any, shardings: Shardings | None = None
+    ) -> Any:
+        """Restores the state and the iterator position of `step` (iterator None: the state
+        alone, as a resume under another process count takes it).
 
-        A state saved in the other layer layout (model.scan_layers changed) is read in its own
-        and converted, parameters and optimizer moments alike."""
+        `shardings` (a function from an abstract tree to its shardings, `Parallel.shardings`):
+        each process reads its shards straight into them, whatever mesh or process count
+        saved the step; None: numpy arrays on the host. A state saved in the other layer
+        layout (model.scan_layers changed) is read in its own and converted on the devices,
+        parameters and optimizer moments alike."""
         saved_layout = self.check_compatible(step, abstract_state)
         model_layout = scan.layout(abstract_state.params)
-        target = jax.tree.map(
-            lambda x: np.zeros(x.shape, x.dtype), scan.to_layout(abstract_state, saved_layout)
-        )
+        target = _targets(scan.to_layout(abstract_state, saved_layout), shardings)
+        if shardings is None:  # Host arrays of the given shapes.
+            target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), target)
         items = {"state": ocp.args.StandardRestore(target)}
         if iterator is not None:
             items["data"] = DataIteratorRestore(iterator)
@@ -251,7 +272,7 @@ class Checkpointer:
             model_layout,
             model_layout == scan.SCANNED,
         )
-        return scan.to_layout(restored["state"], model_layout)
+        return _to_layout(restored["state"], model_layout, shardings)
 
     def newest_compatible(self, abstract_state: Any) -> int | None:
         """The newest step whose metadata reads and fits the model (checked before any write).
@@ -272,8 +293,11 @@ class Checkpointer:
             raise self._none_readable(problems)
         return None
 
-    def restore_latest(self, abstract_state: Any, iterator: Any) -> tuple[int, Any] | None:
-        """(step, state) of the newest checkpoint every process can read, or None if none exist.
+    def restore_latest(
+        self, abstract_state: Any, iterator: Any, shardings: Shardings | None = None
+    ) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint every process can read, or None if none exist;
+        read into `shardings` as `restore` reads.
 
         Newer unreadable steps are renamed to `<step>.unreadable-<time>` (kept, never deleted)
         with a warning; if no step is readable, CorruptCheckpointError lists why.
@@ -281,7 +305,7 @@ class Checkpointer:
         unreadable: dict[int, str] = {}
         for step in sorted(self.all_steps(), reverse=True):
             try:
-                state, error = self.restore(step, abstract_state, iterator), None
+                state, error = self.restore(step, abstract_state, iterator, shardings), None
             except (CorruptCheckpointError, FileNotFoundError) as e:
                 state, error = None, str(e)
             if _everywhere(error is None):
@@ -355,7 +379,10 @@ class BestParams:
                 self.value, self.step = saved["value"], saved["step"]
 
     def update(self, step: int, metrics: dict[str, float], params: Any) -> bool:
-        """Saves `params` if metrics[metric] beats the best so far; returns whether it did."""
+        """Saves `params` if metrics[metric] beats the best so far; returns whether it did.
+
+        `params`: global arrays as they are sharded (each process writes its shards), host
+        arrays, or a function giving them (called only for a save)."""
         if self.metric not in metrics:
             raise KeyError(
                 f"Config key best_metric={self.metric!r} is not an eval metric; the eval "
@@ -369,6 +396,8 @@ class BestParams:
             return False
         if self.step == step:
             return False
+        if callable(params):
+            params = params()
         self._manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}))
         )
@@ -401,27 +430,35 @@ def _step_directory(path: str) -> epath.Path:
     return root
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
+def restore_params(path: str, abstract_params: Any, shardings: Shardings | None = None) -> Any:
     """Parameters from a checkpoint step directory (or a workdir's latest), read-only.
 
     Every parameter of the model must be in the checkpoint with its shape, and nothing else;
     a checkpoint of the other layer layout (model.scan_layers) is converted to the model's.
-    The source is never written to.
+    Only the parameters are read (not an optimizer state), into `shardings` (a function of
+    the abstract tree, e.g. `Parallel.shardings`; None: numpy on the host). The source is
+    never written to.
     """
     root = _step_directory(path)
-    handler = ocp.StandardCheckpointHandler()
-    meta = _read(root, handler.metadata, root / "state")
-    tree = meta.tree if hasattr(meta, "tree") else meta
-    problems = shape_mismatches(abstract_params, _saved_shapes(tree["params"], abstract_params))
+    saved = _saved_params_metadata(root)
+    problems = shape_mismatches(abstract_params, _saved_shapes(saved, abstract_params))
     if problems:
         raise CheckpointMismatchError(
             f"init_checkpoint {root} does not fit the model:\n  " + "\n  ".join(problems[:20])
         )
-    # Read the whole saved state without a target (it may hold another optimizer's state) and
-    # keep its parameters.
-    full = _read(root, ocp.Checkpointer(handler).restore, root / "state")
-    params = scan.to_layout(dict(full["params"]), scan.layout(abstract_params))
-    return jax.tree.map(np.asarray, params)
+    target = scan.to_layout(jax.tree.map(_shape_of, abstract_params), scan.layout(saved))
+    params = _read_params(root, target, shardings)
+    return _to_layout(params, scan.layout(abstract_params), shardings)
+
+
+def saved_params(path: str) -> Any:
+    """The parameters of a checkpoint step directory as saved (its layer layout), as float32
+    numpy: what an export writes out. Only the parameters are read."""
+    root = _step_directory(path)
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.float32), _saved_params_metadata(root)
+    )
+    return _read_params(root, target, None)
 
 
 @dataclasses.dataclass
@@ -435,7 +472,9 @@ class PartialRestore:
     ignored: list[str]  # Checkpoint parameters the model lacks (e.g. the pretraining head).
 
 
-def restore_matching_params(path: str, fresh_params: Any) -> PartialRestore:
+def restore_matching_params(
+    path: str, fresh_params: Any, shardings: Shardings | None = None
+) -> PartialRestore:
     """Fine-tuning restore: every parameter the checkpoint and the model share, by path.
 
     `fresh_params` (host or device arrays) are the model's newly initialised parameters; those
@@ -443,14 +482,13 @@ def restore_matching_params(path: str, fresh_params: Any) -> PartialRestore:
     lacks are ignored (an old head). A shared parameter of another shape is an error naming it
     (a different vocabulary shows up as the word embeddings), as is a checkpoint that shares
     nothing with the model. A checkpoint of the other layer layout (model.scan_layers) is
-    converted to the model's. The source is only read.
+    converted to the model's. Only the parameters are read, into `shardings` (as
+    `restore_params`; None: numpy); the source is only read.
     """
     root = _step_directory(path)
-    handler = ocp.StandardCheckpointHandler()
-    meta = _read(root, handler.metadata, root / "state")
-    tree = meta.tree if hasattr(meta, "tree") else meta
+    saved_tree = _saved_params_metadata(root)
     want = _flat(fresh_params)
-    have = _flat(_saved_shapes(tree["params"], fresh_params))
+    have = _flat(_saved_shapes(saved_tree, fresh_params))
     shared = sorted(set(want) & set(have))
     bad = [
         f"{'/'.join(map(str, k))}: checkpoint has shape {tuple(have[k].shape)}, model expects "
@@ -474,9 +512,17 @@ def restore_matching_params(path: str, fresh_params: Any) -> PartialRestore:
             f"{', '.join(sorted({str(k[0]) for k in have}))}; the model has "
             f"{', '.join(sorted({str(k[0]) for k in want}))})."
         )
-    full = _read(root, ocp.Checkpointer(handler).restore, root / "state")
-    saved = _flat(scan.to_layout(dict(full["params"]), scan.layout(fresh_params)))
-    merged = {k: np.asarray(saved[k]) if k in have else np.asarray(v) for k, v in want.items()}
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.float32), dict(saved_tree)
+    )
+    params = _to_layout(_read_params(root, target, shardings), scan.layout(fresh_params), shardings)
+    saved = _flat(params)
+
+    def pick(key: tuple, fresh: Any) -> Any:
+        value = saved[key] if key in have else fresh
+        return np.asarray(value, fresh.dtype) if shardings is None else value.astype(fresh.dtype)
+
+    merged = {k: pick(k, v) for k, v in want.items()}
     name = lambda keys: ["/".join(map(str, k)) for k in sorted(keys)]  # noqa: E731
     return PartialRestore(
         params=traverse_util.unflatten_dict(merged),
@@ -485,6 +531,54 @@ def restore_matching_params(path: str, fresh_params: Any) -> PartialRestore:
         fresh=name(set(want) - set(have)),
         ignored=name(set(have) - set(want)),
     )
+
+
+def _saved_params_metadata(root: epath.Path) -> Any:
+    """The Orbax metadata tree of a step directory's saved parameters."""
+    meta = _read(root, ocp.StandardCheckpointHandler().metadata, root / "state")
+    tree = meta.tree if hasattr(meta, "tree") else meta
+    return tree["params"]
+
+
+def _shape_of(x: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(np.shape(x)), x.dtype)
+
+
+def _targets(abstract: Any, shardings: Shardings | None) -> Any:
+    """Restore targets: `abstract`'s shapes and dtypes, placed by `shardings` if given."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype), abstract)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=s),
+        abstract,
+        shardings(abstract),
+    )
+
+
+def _read_params(root: epath.Path, target: Any, shardings: Shardings | None) -> Any:
+    """The `params` of a step directory's state as `target` (ShapeDtypeStructs) describes them,
+    read into `shardings` (None: numpy). Nothing else of the state (an optimizer's moments,
+    perhaps of another optimizer) is read."""
+    item = {"params": _targets(target, shardings)}
+    args = ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+    )
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    return dict(_read(root, checkpointer.restore, root / "state", args=args)["params"])
+
+
+def _to_layout(tree: Any, layout: str, shardings: Shardings | None) -> Any:
+    """`tree` in the layer `layout` (ptjax.models.scan); with `shardings`, converted on the
+    devices into the shardings of the converted tree (a no-op where the layout fits)."""
+    if layout is None or scan.layout(tree) == layout:
+        return tree
+    if shardings is None:
+        return scan.to_layout(tree, layout)
+    abstract = scan.to_layout(jax.eval_shape(lambda t: t, tree), layout)
+    convert = functools.partial(scan.to_layout, target=layout)
+    return jax.jit(convert, out_shardings=shardings(abstract))(tree)
 
 
 def _everywhere(ok: bool) -> bool:

@@ -85,7 +85,7 @@ def evaluate_checkpoint(
     except ConfigError as e:  # A mesh of another machine: the parameters still evaluate.
         logging.warning("%s Evaluating under pmap on the %d devices here.", e, jax.device_count())
         par = parallel.Parallel()
-    params = par.place(restore_params(path, abstract))
+    params = par.place(restore_params(path, abstract, par.shardings))
     p_eval_step = par.eval_step(steps.eval_step, model=model, task=task)
     data_kwargs = dict(
         data_dir=data_dir,

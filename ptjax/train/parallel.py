@@ -3,12 +3,17 @@ for `jax.jit` with shardings on a (data, fsdp, tensor) mesh (`ptjax.train.shardi
 
 pmap: batches arrive shaped [local_devices, per_device_batch, ...]. The state is replicated once
 after init/restore and stays on the devices (pmap outputs are already laid out per device, so
-nothing is replicated or unreplicated per step); it comes to the host only to be saved.
+nothing is replicated or unreplicated per step).
 mesh: the same step functions (with `axis_name=None`) on global arrays: the state sharded by
 the rules of `sharding.py`, batches [global_batch, ...] split over data x fsdp. Metrics come
 back with a leading axis of 1, shaped as pmap's are, so the host code reads both alike.
 Evals that bring outputs per example to the host (decoding, QA spans) use `predict_step`, which
 hands each process its own rows back in the pipeline's layout in both modes.
+
+Checkpoints save and restore *global* arrays (`Parallel.shardings`, `Parallel.global_view`):
+on a mesh the state as it is sharded, each process holding and writing only its own shards;
+under pmap one copy per process (every process's devices hold the same replicated state). The
+state never comes whole to the host.
 """
 
 from __future__ import annotations
@@ -78,16 +83,50 @@ class Parallel:
         self.mesh = mesh
 
     def init(self, init_fn: Callable[[], Any], abstract_state: Any) -> Any:
-        """A fresh state: on a mesh made in place, sharded (never whole on one device)."""
-        if self.mesh is None:
-            return jax.jit(init_fn)()
-        from ptjax.train import sharding
+        """A fresh state made in place as global arrays (`shardings`): on a mesh sharded,
+        never whole on one device. `place` lays it out for the steps."""
+        return jax.jit(init_fn, out_shardings=self.shardings(abstract_state))()
 
-        return jax.jit(init_fn, out_shardings=sharding.tree_shardings(abstract_state, self.mesh))()
+    def shardings(self, tree: Any) -> Any:
+        """Where the arrays of `tree` (a state or params, arrays or shapes) live as global
+        arrays, as checkpoints save and restore them: on a mesh sharded by sharding.py's
+        rules; under pmap replicated over one device of each process."""
+        if self.mesh is not None:
+            from ptjax.train import sharding
+
+            return sharding.tree_shardings(tree, self.mesh)
+        one_each = _one_device_per_process()
+        return jax.tree.map(lambda _: one_each, tree)
 
     def place(self, tree: Any) -> Any:
-        """A state or params (host or one device) onto the devices, as the steps take them."""
+        """A state or params (host arrays, or global arrays as `init` and restores give them)
+        laid out as the steps take them: sharded on the mesh, or a copy on every local device
+        (pmap). Device arrays are copied between devices, never through the host."""
         return replicate(tree) if self.mesh is None else place_on_mesh(tree, self.mesh)
+
+    def global_view(self, tree: Any) -> Any:
+        """A placed state or params as global arrays (`shardings`), what checkpoints save: on
+        a mesh the arrays themselves; under pmap the copy on each process's first local device
+        (its [1, ...] buffer reshaped there; the host is not involved)."""
+        if self.mesh is not None:
+            return tree
+        one_each = _one_device_per_process()
+
+        def view(x: jax.Array) -> jax.Array:
+            local = next(s for s in x.addressable_shards if s.device in one_each.device_set)
+            return jax.make_array_from_single_device_arrays(
+                x.shape[1:], one_each, [local.data.reshape(x.shape[1:])]
+            )
+
+        return jax.tree.map(view, tree)
+
+    def local_copy(self, tree: Any) -> Any:
+        """Placed params as single-device arrays on this process's first local device (pmap;
+        a copy there): what a Generator on one device decodes with, without a collective."""
+        first = jax.local_devices()[0]
+        return jax.tree.map(
+            lambda x: next(s.data for s in x.addressable_shards if s.device == first)[0], tree
+        )
 
     def train_steps(self, step_fn: Callable, abstract_state: Any, **kwargs: Any) -> Callable:
         """The train step `step_fn` (state donated) taking k batches stacked as [local_devices,
@@ -118,16 +157,6 @@ class Parallel:
             step = jax.pmap(lambda params, batch: _summed(fn(params, batch), AXIS), axis_name=AXIS)
             return lambda params, batch: _rows_to_host(step(params, batch), np.asarray)
         return mesh_predict_step(fn, self.mesh)
-
-    def to_host(self, tree: Any) -> Any:
-        """Numpy copies on the host: one device's copy (pmap) or the whole arrays (mesh)."""
-        if self.mesh is None:
-            return unreplicate(tree)
-        from jax.experimental import multihost_utils
-
-        if jax.process_count() > 1:
-            return multihost_utils.process_allgather(tree, tiled=True)
-        return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def create(parallelism: Any) -> Parallel:
@@ -276,25 +305,47 @@ def _rows_to_host(outputs: tuple[Any, Any], to_host: Callable) -> tuple[Any, Any
 
 
 def place_on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Puts a host pytree (a TrainState, params) onto `mesh` by sharding.py's rules."""
+    """Puts a pytree (a TrainState, params; host or device arrays) onto `mesh` by sharding.py's
+    rules (arrays already placed so stay as they are)."""
     from ptjax.train import sharding
 
     return jax.device_put(tree, sharding.tree_shardings(tree, mesh))
 
 
+def _one_device_per_process() -> jax.sharding.NamedSharding:
+    """Replicated over the first local device of every process: one copy of a pmap state per
+    process, a global array that Orbax writes once (process 0's copy)."""
+    firsts: dict[int, Any] = {}
+    for device in jax.devices():
+        firsts.setdefault(device.process_index, device)
+    mesh = jax.sharding.Mesh(np.array([firsts[i] for i in sorted(firsts)]), (AXIS,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def replicate(tree: Any, devices: Sequence[Any] | None = None) -> Any:
-    """Copies a host pytree to every local device, laid out as pmap lays out its outputs."""
+    """A copy of each array (host or device) on every local device, laid out as pmap lays out
+    its outputs, [devices, ...]. A device array is copied from the device that holds it (a
+    global array: this process's copy of it), never through the host."""
     devices = list(devices or jax.local_devices())
     mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+    stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
     def put(x: Any) -> jax.Array:
-        x = np.asarray(x)
-        return jax.device_put(np.broadcast_to(x[None], (len(devices), *x.shape)), sharding)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError("replicate() takes a global array only when it is replicated.")
+            x = x.addressable_shards[0].data  # This process's copy.
+        one = x[None] if isinstance(x, jax.Array) else np.asarray(x)[None]
+        return jax.make_array_from_single_device_arrays(
+            (len(devices), *one.shape[1:]),
+            stacked,
+            [jax.device_put(one, d) for d in devices],
+        )
 
     return jax.tree.map(put, tree)
 
 
 def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a replicated pytree, as numpy arrays on the host."""
+    """The first device's copy of a replicated pytree, as numpy arrays on the host (tests and
+    metrics; the trainer never brings a state to the host)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), tree)

@@ -298,10 +298,13 @@ def samples_markdown(samples: list[dict[str, Any]], limit: int = 5) -> str:
 def write_samples(
     generator: Any, params: Any, config: ml_collections.ConfigDict, writer: Any, step: int
 ) -> list[str]:
-    """Greedy completions of config.sample_prompts as a TensorBoard text summary."""
+    """Greedy completions of config.sample_prompts as a TensorBoard text summary (written and
+    logged by process 0; on a mesh every process decodes with it)."""
     generator.set_params(params)
     prompts = list(config.sample_prompts)
     completions = generator.generate(prompts, max_new_tokens=config.sample_max_new_tokens)
+    if jax.process_index() != 0:
+        return completions
     lines = [
         f"**{p or '(document start)'}** {c}" for p, c in zip(prompts, completions, strict=True)
     ]
@@ -424,12 +427,11 @@ def _train_and_evaluate(
     if latest is None and config.init_checkpoint:
         # Fresh parameters first: the checkpoint replaces those it shares with the model, and
         # a new task head keeps its initialisation.
-        fresh = jax.device_get(
-            jax.jit(functools.partial(init_params, config, model))(
-                jax.random.split(jax.random.PRNGKey(config.seed))[0]
-            )
-        )
-        imported = restore_matching_params(config.init_checkpoint, fresh)
+        fresh = jax.jit(
+            functools.partial(init_params, config, model),
+            out_shardings=par.shardings(abstract_params),
+        )(jax.random.split(jax.random.PRNGKey(config.seed))[0])
+        imported = restore_matching_params(config.init_checkpoint, fresh, par.shardings)
         logging.info(
             "Initialised %d parameter arrays from %s; %d fresh (%s); %d of the checkpoint "
             "unused (%s).",
@@ -470,11 +472,12 @@ def _train_and_evaluate(
     restored = None
     if latest is not None:
         try:
-            restored = checkpointer.restore_latest(abstract_state, train_iter)
+            restored = checkpointer.restore_latest(abstract_state, train_iter, par.shardings)
         except DataLayoutError as e:
             if not config.reshard_data_on_resume:
                 raise DataLayoutError(f"{e} Nothing was changed.") from None
-            restored = checkpointer.restore_latest(abstract_state, None)  # The state alone.
+            # The state alone.
+            restored = checkpointer.restore_latest(abstract_state, None, par.shardings)
             data_seed = resharded_data_seed(config.seed, restored[0])
             train_iter = train_batches(task, config, tokenizer, data_seed, data_kwargs)
             logging.warning(
@@ -492,7 +495,10 @@ def _train_and_evaluate(
     else:
         state = par.init(functools.partial(init_state, config, model, tx), abstract_state)
         if imported is not None:
-            state = TrainState.create(imported.params, tx, state.rng)
+            state = jax.jit(
+                lambda params, rng: TrainState.create(params, tx, rng),
+                out_shardings=par.shardings(abstract_state),
+            )(imported.params, state.rng)
     writer = metrics_lib.create_writer(workdir)
     cleanup.callback(writer.close)
     if restored is None:
@@ -530,11 +536,13 @@ def _train_and_evaluate(
     generator = None
     family = models.MODELS[config.model.family]
     sampling = bool(config.sample_every_steps) and _samples_text(config)
-    if sampling and jax.process_index() == 0:
+    if sampling and (par.mesh is not None or jax.process_index() == 0):
         from ptjax.decoding.generator import Generator
 
-        # One local device and plain jit: process 0 samples alone, without collectives.
-        generator = Generator(model, None, tokenizer, family, devices=jax.local_devices()[:1])
+        if par.mesh is None:  # Process 0 alone, on one local device: no collective.
+            generator = Generator(model, None, tokenizer, family, devices=jax.local_devices()[:1])
+        else:  # Every process, on the parameters as they are sharded; process 0 writes.
+            generator = Generator(model, None, tokenizer, family, mesh=par.mesh)
 
     history: list[dict[str, Any]] = []
     progress = metrics_lib.Progress(start_step, config.total_steps)
@@ -567,7 +575,7 @@ def _train_and_evaluate(
     cleanup.callback(profiler.stop)
     # Steps after which something happens; a call of k steps never runs past one of them.
     every = [config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps]
-    if generator is not None:
+    if sampling:  # On every process: the calls of k steps must be the same everywhere.
         every.append(config.sample_every_steps)
     marks = [profiler.first_step, profiler.last_step] if config.profile_steps else []
     done = start_step
@@ -611,8 +619,6 @@ def _train_and_evaluate(
             writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
             metrics_lib.log_progress(done, config.total_steps, summary, tps, eta)
             writer.flush()
-        # The parameters on the host, gathered at most once a step (best save, samples).
-        params_on_host = functools.cache(functools.partial(par.to_host, state.params))
         if done % config.eval_every_steps == 0 or last:
             eval_metrics, details = run_eval(
                 task, model, p_eval_step, state.params, config, tokenizer, data_kwargs, par=par
@@ -628,17 +634,16 @@ def _train_and_evaluate(
             )
             if best is not None:
                 try:
-                    improved = best.update(done, eval_metrics, params_on_host())
+                    improved = best.update(
+                        done, eval_metrics, functools.partial(par.global_view, state.params)
+                    )
                 except KeyError as e:
                     raise config_lib.ConfigError(e.args[0]) from None
                 if improved:
                     logging.info("New best %s=%.4f at step %d", best.metric, best.value, done)
-        if sampling and (done % config.sample_every_steps == 0 or last):
-            # Every process joins the gather (a collective on a multi-host mesh); process 0,
-            # which alone holds the generator, decodes.
-            host_params = params_on_host()
-            if generator is not None:
-                write_samples(generator, host_params, config, writer, done)
+        if generator is not None and (done % config.sample_every_steps == 0 or last):
+            params = state.params if par.mesh is not None else par.local_copy(state.params)
+            write_samples(generator, params, config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last or stopping:
             # Between log intervals, fetch the steps' flags: never save after a bad step.
             if history and stop_policy and (bad := metrics_lib.first_nonfinite(history)) >= 0:
@@ -647,7 +652,7 @@ def _train_and_evaluate(
                     last_saved,
                     str(checkpointer.directory),
                 )
-            checkpointer.save(done, par.to_host(state), train_iter)
+            checkpointer.save(done, par.global_view(state), train_iter)
             last_saved = done
         if stopping:
             checkpointer.wait()
