@@ -28,6 +28,7 @@ SLOW_MODULES = {
     "test_config_fuzz",
     "test_mesh_tasks",
     "test_multihost",
+    "test_multihost_checkpoints",
     "test_reliability",
     "test_results",
     "test_scale",
