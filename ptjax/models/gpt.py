@@ -104,7 +104,7 @@ class GPT(nn.Module):
     """Causal language model; returns logits [batch, length, vocab] in float32.
 
     With `return_hidden` it returns (final hidden states [batch, length, d_model], output
-    embedding [vocab, d_model]) instead of logits, for `tied_softmax_cross_entropy`.
+    embedding [vocab, d_model]) instead of logits, for `losses.output_cross_entropy`.
     With `cache` (from `init_cache`) it decodes incrementally and returns (logits, new cache):
     the inputs are written into the cache after what it holds, `input_mask` marks real tokens
     (False for left padding), and attention covers everything cached so far.

@@ -594,7 +594,7 @@ class T5(nn.Module):
 
         With `return_hidden` (no cache) it returns (hidden [batch, tgt_len, d_model], output
         matrix [vocab, d_model]) whose product is the logits (the tied head's d_model^-0.5 scale
-        applied to the hidden states), for `losses.tied_softmax_cross_entropy`.
+        applied to the hidden states), for `losses.output_cross_entropy`.
 
         With a cache, `decoder_input_tokens` are written after what it holds (rows move in
         lockstep, no target padding, no packing). Given `encoded` (prefill), the cross-attention

@@ -40,7 +40,7 @@ class CausalLM:
         )  # [batch, length, d_model], [vocab, d_model]
         weights = batch["weights"]
         # Softmax cross-entropy and argmax hits of the tied logits, fused (see losses.py).
-        token_loss, correct = losses.tied_softmax_cross_entropy(
+        token_loss, correct = losses.output_cross_entropy(
             hidden, embedding, batch["targets"]
         )  # [batch, length] each
         correct = correct.astype(jnp.float32)

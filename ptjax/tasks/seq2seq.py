@@ -46,7 +46,7 @@ def _loss(
     )  # [batch, tgt_len, d_model], [vocab, d_model]: the logits' factors
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     # The [tokens, vocab] logits made once, in float32, the target's gathered (GPT's loss).
-    token_loss, correct = losses.tied_softmax_cross_entropy(hidden, output, targets)
+    token_loss, correct = losses.output_cross_entropy(hidden, output, targets)
     loss_sum = jnp.sum(token_loss * weights)
     return loss_sum, {
         "loss_sum": loss_sum,
