@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     # leading [num_layers] axis): one compiled block instead of num_layers copies. Checkpoints of
     # either layout restore into either (ptjax.models.scan converts them).
     c.model.scan_layers = False
+    # Forms the steps are traced with (ptjax.backend): 'auto' picks by the platform of the
+    # devices a step runs on, the XLA:CPU-tuned ones on CPU and plain XLA on GPU and TPU;
+    # 'cpu' or 'xla' force one.
+    c.model.kernels = "auto"
     c.model.num_labels = 0  # Classification heads: 0 takes the dataset's number of labels.
     c.model.type_vocab_size = 0  # BERT segment (token type) table; 0: the size's value (2).
     c.model.pre_ln = False  # BERT: pre-LayerNorm blocks (default: the original post-LN).
@@ -180,6 +184,7 @@ def base_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.kernels": ("auto", "cpu", "xla"),
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "dataset.document_per": ("line", "file"),
     "tokenizer.model_type": ("unigram", "bpe"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib.util
 import json
 import logging
@@ -11,7 +12,7 @@ import re
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging as absl_logging
@@ -110,14 +111,31 @@ def run_workload(workdir: str) -> str:
     return workload_for("train", dtype)
 
 
+# Device files of accelerators JAX would run on: NVIDIA GPUs, TPU chips (v4: accel, v5e and
+# later: vfio), AMD GPUs.
+_ACCELERATOR_DEVICES = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*", "/dev/kfd")
+
+
+def accelerator_platform(env: Mapping[str, str], device_globs: Sequence[str] = ()) -> bool:
+    """Whether this process's JAX will run on an accelerator, told before JAX is imported: by
+    JAX_PLATFORMS where it is set (its first entry), else by the accelerators' device files."""
+    platforms = env.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() != "cpu"
+    return any(glob.glob(pattern) for pattern in device_globs or _ACCELERATOR_DEVICES)
+
+
 def tune_process(workload: str = "train") -> None:
-    """Re-executes this script in process_environment(tuned=True) unless it already runs in it.
+    """Re-executes this script in process_environment(tuned=True) unless it already runs in it,
+    when the run's platform is the CPU (accelerator_platform says not).
 
     glibc reads GLIBC_TUNABLES only when a process starts, so an entry point that wants them
     starts itself again (same interpreter, arguments and pid) before JAX is imported. Nothing
     happens with PTJAX_NO_ENV_TUNING=1, in an interactive session, or after one re-execution.
     """
     if os.environ.get(NO_TUNING_VAR) == "1" or os.environ.get(_REEXECUTED_VAR) == "1":
+        return
+    if accelerator_platform(os.environ):  # glibc's and XLA:CPU's settings are for CPU runs.
         return
     if hasattr(sys, "ps1") or sys.flags.interactive or "ipykernel" in sys.modules:
         return
@@ -144,6 +162,10 @@ def initialize(workload: str = "train") -> None:
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
+    import jax
+
+    # Random bits of a sharded shape drawn shard by shard on each device (dropout on a mesh).
+    jax.config.update("jax_threefry_partitionable", True)
     join_cluster()
 
 

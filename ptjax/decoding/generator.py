@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptjax import models
+from ptjax import backend, models
 from ptjax.config import load_run_config
 from ptjax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer, tokenizer_file
 from ptjax.decoding.search import DecodeConfig, beam_search, sample
@@ -70,6 +70,7 @@ class Generator:
         devices: Sequence[Any] | None = None,
         input_prefix: str = "",
         mesh: jax.sharding.Mesh | None = None,
+        kernels: str = "auto",
     ):
         self.model = model
         # T5's module has an encoder; its prompts are encoder inputs, not a text to continue.
@@ -88,6 +89,8 @@ class Generator:
             )
         self._mesh = mesh
         self._devices = list(devices or jax.local_devices())
+        on = list(mesh.devices.flat) if mesh is not None else self._devices
+        self.forms = backend.resolve(kernels, on)  # What the decoding loop is traced with.
         self._replicated = None
 
     def set_params(self, params: Any) -> None:
@@ -114,7 +117,14 @@ class Generator:
         params = restore_params(
             checkpoint or workdir, abstract, lambda tree: jax.tree.map(lambda _: first, tree)
         )
-        return cls(model, params, tokenizer, family, input_prefix=run_input_prefix(config))
+        return cls(
+            model,
+            params,
+            tokenizer,
+            family,
+            input_prefix=run_input_prefix(config),
+            kernels=config.model.kernels,
+        )
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         """A causal LM's prompts as new documents (EOS, the document separator, then the
@@ -214,6 +224,8 @@ class Generator:
                 best, lengths, _ = beam_search(prefill, step, params, tokens, mask, cfg)
                 return best, lengths
             return sample(prefill, step, params, tokens, mask, rng, cfg)
+
+        run = backend.traced_with(self.forms, run)
 
         if self._mesh is not None:  # One program over the mesh: the same on every process.
             replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())

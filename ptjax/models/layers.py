@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ptjax import backend
 from ptjax.models import mixed_matmul
 
 Array = jax.Array
@@ -172,11 +173,16 @@ def random_halves(rng: Array, shape: tuple[int, ...]) -> Array:
 def dropout_keep(rng: Array, rate: float, shape: tuple[int, ...]) -> tuple[Array, float]:
     """(keep mask of `shape`, the scale for kept values) for dropout at `rate`.
 
-    Each mask entry compares 16 random bits (`random_halves`) with round((1 - rate) * 2^16):
-    half the threefry work of jax.random.bernoulli, which on XLA:CPU made dropout a fifth of
-    a T5 train step. The keep probability is that threshold / 2^16 (within 2^-17 of
-    1 - rate) and kept values are scaled by its inverse, so the expectation is preserved.
+    In steps on accelerators (ptjax.backend): jax.random.bernoulli, whose threefry
+    (jax_threefry_partitionable, set at start-up) each device draws for its own shard.
+    In steps that take the CPU forms each mask entry compares 16 random bits (`random_halves`)
+    with round((1 - rate) * 2^16): half the threefry work of jax.random.bernoulli, which on
+    XLA:CPU made dropout a fifth of a T5 train step. The keep probability is that threshold /
+    2^16 (within 2^-17 of 1 - rate) and kept values are scaled by its inverse, so the
+    expectation is preserved.
     """
+    if not backend.cpu_forms():
+        return jax.random.bernoulli(rng, 1.0 - rate, shape), 1.0 / (1.0 - rate)
     threshold = min(max(round((1.0 - rate) * 65536), 1), 65535)
     return random_halves(rng, shape) < jnp.uint16(threshold), 65536.0 / threshold
 
@@ -268,9 +274,10 @@ def write_cache(cache: dict[str, Array], key: Array, value: Array, index: Array)
 
 class Dense(nn.Module):
     """flax's DenseGeneral over trailing axes: the same parameters ('kernel' [*in, *features],
-    'bias' [*features]), initial values and outputs, with two CPU-minded products
-    (ptjax.models.mixed_matmul): bf16 inputs accumulate in float32 where that is fast, and the
-    bias gradient is a product instead of XLA:CPU's slow tree of sums over the tokens."""
+    'bias' [*features]), initial values and outputs. In steps that take the CPU forms
+    (ptjax.backend) it uses two CPU-minded products (ptjax.models.mixed_matmul): bf16 inputs
+    accumulate in float32 where that is fast, and the bias gradient is a product instead of
+    XLA:CPU's slow tree of sums over the tokens; elsewhere the plain product and sum."""
 
     features: int | tuple[int, ...]
     axis: int | tuple[int, ...] = -1  # Contracted input axes; trailing ones only.
@@ -301,8 +308,11 @@ class Dense(nn.Module):
         else:
             y = jnp.dot(x, kernel)
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, features, self.param_dtype)
-            y = mixed_matmul.add_bias(y, bias.reshape(n))
+            bias = self.param("bias", self.bias_init, features, self.param_dtype).reshape(n)
+            if backend.cpu_forms():
+                y = mixed_matmul.add_bias(y, bias)
+            else:
+                y = y + jnp.asarray(bias, y.dtype)
         return y.reshape(*inputs.shape[: axes[0]], *features)
 
 

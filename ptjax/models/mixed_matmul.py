@@ -13,8 +13,9 @@ activation), and the product is YNNPACK's again (310-350 GFLOP/s). All figures:
 
 `matmul` and `matmul_t` (layers.Dense, attention) accumulate in float32 and round once to bf16,
 the same numbers as the plain bf16 product, with a backward pass made of the fast forms. They
-serve bf16 on a CPU backend (`cpu_bf16`); accelerators keep plain products, whose bf16 products
-accumulate in float32 already. `add_bias` is for every dtype.
+serve bf16 in steps that take the CPU forms (`cpu_bf16`, ptjax.backend); accelerators keep plain
+products, whose bf16 products accumulate in float32 already. `add_bias` serves every dtype in
+those steps, and only there.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from ptjax import backend
 
 Array = jax.Array
 
@@ -115,5 +118,6 @@ add_bias.defvjp(lambda y, bias: (add_bias(y, bias), bias), _add_bias_backward)
 
 
 def cpu_bf16(dtype) -> bool:
-    """Whether products computing in `dtype` take this module's forms: bf16 on a CPU backend."""
-    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+    """Whether products computing in `dtype` take this module's forms: bf16 in a step that takes
+    the CPU forms (ptjax.backend)."""
+    return jnp.dtype(dtype) == jnp.bfloat16 and backend.cpu_forms()

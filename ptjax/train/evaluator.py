@@ -21,7 +21,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from ptjax import models, tasks
+from ptjax import backend, models, tasks
 from ptjax.config import ConfigError, load_run_config
 from ptjax.data.tokenizer import load_tokenizer
 from ptjax.train import parallel, steps, trainer
@@ -81,10 +81,12 @@ def evaluate_checkpoint(
         functools.partial(trainer.init_params, config, model), jax.random.PRNGKey(0)
     )
     try:
-        par = parallel.create(config.parallelism)  # The run's mode: pmap, or its mesh.
+        # The run's mode: pmap, or its mesh.
+        par = parallel.create(config.parallelism, config.model.kernels)
     except ConfigError as e:  # A mesh of another machine: the parameters still evaluate.
         logging.warning("%s Evaluating under pmap on the %d devices here.", e, jax.device_count())
         par = parallel.Parallel()
+        par.forms = backend.resolve(config.model.kernels, par.devices)
     params = par.place(restore_params(path, abstract, par.shardings))
     p_eval_step = par.eval_step(steps.eval_step, model=model, task=task)
     data_kwargs = dict(

@@ -25,6 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ptjax import backend
+
 AXIS = "batch"
 
 
@@ -79,13 +81,26 @@ class Parallel:
     """The trainer's one handle on the parallel mode: where the state lives, how steps run and
     how arrays come back to the host. `mesh` None: pmap over the local devices."""
 
-    def __init__(self, mesh: jax.sharding.Mesh | None = None):
+    def __init__(self, mesh: jax.sharding.Mesh | None = None, forms: str | None = None):
+        """`forms`: what the steps are traced with (ptjax.backend.CPU or XLA; None: not set,
+        the default backend decides)."""
         self.mesh = mesh
+        self.forms = forms
+
+    @property
+    def devices(self) -> list[Any]:
+        """The devices this process's steps run on."""
+        if self.mesh is None:
+            return list(jax.local_devices())
+        return [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+
+    def _traced(self, fn: Callable) -> Callable:
+        return backend.traced_with(self.forms, fn)
 
     def init(self, init_fn: Callable[[], Any], abstract_state: Any) -> Any:
         """A fresh state made in place as global arrays (`shardings`): on a mesh sharded,
         never whole on one device. `place` lays it out for the steps."""
-        return jax.jit(init_fn, out_shardings=self.shardings(abstract_state))()
+        return jax.jit(self._traced(init_fn), out_shardings=self.shardings(abstract_state))()
 
     def shardings(self, tree: Any) -> Any:
         """Where the arrays of `tree` (a state or params, arrays or shapes) live as global
@@ -132,12 +147,14 @@ class Parallel:
         """The train step `step_fn` (state donated) taking k batches stacked as [local_devices,
         k, per_device_batch, ...] (k >= 1, any k; each new k compiles once) and running them in
         one call (over_steps). Metrics come back [devices or 1, k, ...]."""
+        step_fn = self._traced(step_fn)
         if self.mesh is None:
             return pmap_train_step(step_fn, steps_axis=True, **kwargs)
         step = mesh_train_step(step_fn, self.mesh, abstract_state, steps_axis=True, **kwargs)
         return _taking_local_batches(step, self.mesh, steps_axis=True)
 
     def eval_step(self, step_fn: Callable, **kwargs: Any) -> Callable:
+        step_fn = self._traced(step_fn)
         if self.mesh is None:
             return pmap_eval_step(step_fn, **kwargs)
         return _taking_local_batches(mesh_eval_step(step_fn, self.mesh, **kwargs), self.mesh)
@@ -153,15 +170,25 @@ class Parallel:
         [0] is the total, as `eval_step`'s; rows as numpy: this process's rows in its batch's
         layout [local_devices, per_device_batch, ...]).
         """
+        fn = self._traced(fn)
         if self.mesh is None:
             step = jax.pmap(lambda params, batch: _summed(fn(params, batch), AXIS), axis_name=AXIS)
             return lambda params, batch: _rows_to_host(step(params, batch), np.asarray)
         return mesh_predict_step(fn, self.mesh)
 
 
-def create(parallelism: Any) -> Parallel:
+def create(parallelism: Any, kernels: str | None = None) -> Parallel:
     """The run's Parallel from config.parallelism; a mesh must cover every device, and its DCN
-    axes (dcn_data, dcn_fsdp) must divide its axes and span every TPU slice or process."""
+    axes (dcn_data, dcn_fsdp) must divide its axes and span every TPU slice or process.
+    `kernels` (config model.kernels): the forms its steps take on its devices (ptjax.backend;
+    None: not set)."""
+    par = _create(parallelism)
+    if kernels is not None:
+        par.forms = backend.resolve(kernels, par.devices)
+    return par
+
+
+def _create(parallelism: Any) -> Parallel:
     if parallelism.mode == "pmap":
         return Parallel()
     from ptjax.config import ConfigError

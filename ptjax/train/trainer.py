@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from ptjax import backend, models, tasks
 from ptjax import config as config_lib
-from ptjax import models, tasks
 from ptjax.data import corpora
 from ptjax.data.tokenizer import (
     Tokenizer,
@@ -392,7 +392,9 @@ def _train_and_evaluate(
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
     data_dir = default_data_dir(config)
-    par = parallel.create(config.parallelism)  # A mesh that does not fit the devices fails here.
+    # A mesh that does not fit the devices fails here.
+    par = parallel.create(config.parallelism, config.model.kernels)
+    logging.info("%s", backend.describe(config.model.kernels, par.devices))
     task, head_kwargs = tasks.create(config, data_dir=data_dir)
     num_devices = jax.local_device_count()
     global_batch = config.per_device_batch_size * jax.device_count()
@@ -539,10 +541,12 @@ def _train_and_evaluate(
     if sampling and (par.mesh is not None or jax.process_index() == 0):
         from ptjax.decoding.generator import Generator
 
+        kernels = config.model.kernels
         if par.mesh is None:  # Process 0 alone, on one local device: no collective.
-            generator = Generator(model, None, tokenizer, family, devices=jax.local_devices()[:1])
+            first = jax.local_devices()[:1]
+            generator = Generator(model, None, tokenizer, family, devices=first, kernels=kernels)
         else:  # Every process, on the parameters as they are sharded; process 0 writes.
-            generator = Generator(model, None, tokenizer, family, mesh=par.mesh)
+            generator = Generator(model, None, tokenizer, family, mesh=par.mesh, kernels=kernels)
 
     history: list[dict[str, Any]] = []
     progress = metrics_lib.Progress(start_step, config.total_steps)
