@@ -41,11 +41,17 @@ def platform_of(devices: Sequence[Any]) -> str:
 
 def resolve(setting: str, devices: Sequence[Any]) -> str:
     """CPU or XLA for a step on `devices` under config model.kernels=`setting`."""
+    return resolve_platform(setting, platform_of(devices))
+
+
+def resolve_platform(setting: str, platform: str) -> str:
+    """CPU or XLA for a step on `platform` ('cpu', 'gpu', 'cuda', 'tpu', ...) under
+    model.kernels=`setting`: what an export for that platform is traced with."""
     if setting not in SETTINGS:
         raise ValueError(f"model.kernels={setting!r} is not one of {', '.join(SETTINGS)}.")
     if setting != "auto":
         return setting
-    return CPU if platform_of(devices) == "cpu" else XLA
+    return CPU if platform == "cpu" else XLA
 
 
 def describe(setting: str, devices: Sequence[Any]) -> str:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ptjax import models, tasks
+from ptjax import backend, models, tasks
 from ptjax.train import optim, parallel, sharding, steps
 from ptjax.train.state import TrainState
 
@@ -126,15 +126,24 @@ def _with_device_axis(tree: Any, devices: int = 1) -> Any:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct((devices, *s.shape), s.dtype), tree)
 
 
-def lower_train_step(
-    config: ml_collections.ConfigDict, per_device_batch_size: int | None = None
-) -> tuple[Any, int, Any]:
-    """(the trainer's train step lowered on abstract arguments, the number of parameters, the
-    model's hyper-parameters). Nothing of the model's size is allocated. pmap: the per-device
-    program; mesh: the global program on config.parallelism's mesh (XLA reports per device)."""
+def task_of(config: ml_collections.ConfigDict) -> Any:
+    """The run's task object (classification's labels read as `lower_train_step` reads them)."""
+    return _task_and_head(config)[0]
+
+
+def train_step_args(
+    config: ml_collections.ConfigDict,
+    per_device_batch_size: int | None = None,
+    forms: str | None = None,
+) -> tuple[Any, Any, Any]:
+    """(the trainer's train step as its Parallel builds it, its abstract state, its abstract
+    batch): nothing of the model's size is allocated. pmap: the per-device step on one device,
+    arguments with a leading device axis of 1; mesh: the global step on config.parallelism's
+    mesh, arguments carrying their shardings. `forms`: what the step is traced with
+    (ptjax.backend; None: the default backend decides)."""
     rows = per_device_batch_size or config.per_device_batch_size
     task, head_kwargs = _task_and_head(config)
-    model, model_config = models.build(config, **head_kwargs)
+    model, _ = models.build(config, **head_kwargs)
     from ptjax.train.trainer import init_params, init_state  # The trainer's own init.
 
     abstract_params = jax.eval_shape(
@@ -146,9 +155,10 @@ def lower_train_step(
     kwargs = dict(
         model=model, task=task, tx=tx, schedule=schedule, num_microbatches=config.num_microbatches
     )
+    step_fn = backend.traced_with(forms, steps.train_step)
     if config.parallelism.mode == "mesh":  # The global step, sharded over all devices.
         mesh = parallel.create(config.parallelism).mesh
-        step = parallel.mesh_train_step(steps.train_step, mesh, state, **kwargs)
+        step = parallel.mesh_train_step(step_fn, mesh, state, **kwargs)
         state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             state,
@@ -159,11 +169,25 @@ def lower_train_step(
             k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rows_sharding)
             for k, s in batch_spec(config, rows * jax.device_count()).items()
         }
-        lowered = step.lower(state, batch)
-    else:  # pmap: the per-device program on one device (the same on every device).
-        step = parallel.pmap_train_step(steps.train_step, jax.local_devices()[:1], **kwargs)
-        lowered = step.lower(_with_device_axis(state), _with_device_axis(batch_spec(config, rows)))
-    num_params = sum(int(x.size) for x in jax.tree.leaves(abstract_params))
+        return step, state, batch
+    # pmap: the per-device program on one device (the same on every device).
+    step = parallel.pmap_train_step(step_fn, jax.local_devices()[:1], **kwargs)
+    return step, _with_device_axis(state), _with_device_axis(batch_spec(config, rows))
+
+
+def lower_train_step(
+    config: ml_collections.ConfigDict, per_device_batch_size: int | None = None
+) -> tuple[Any, int, Any]:
+    """(the trainer's train step lowered on abstract arguments, the number of parameters, the
+    model's hyper-parameters). Nothing of the model's size is allocated. pmap: the per-device
+    program; mesh: the global program on config.parallelism's mesh (XLA reports per device).
+    Traced with the forms of config.model.kernels on this machine's devices."""
+    par = parallel.create(config.parallelism, config.model.kernels)
+    step, state, batch = train_step_args(config, per_device_batch_size, par.forms)
+    lowered = step.lower(state, batch)
+    _, head_kwargs = _task_and_head(config)
+    _, model_config = models.build(config, **head_kwargs)
+    num_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
     return lowered, num_params, model_config
 
 

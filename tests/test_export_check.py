@@ -1,0 +1,41 @@
+"""scripts/export_check.py: every family's train, eval and decode steps export for TPU and CUDA
+from this CPU with the accelerators' forms, and the check finds CPU-only forms when forced."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "export_check.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done.returncode, json.loads(done.stdout.strip().splitlines()[-1]), done
+
+
+def test_every_step_exports_for_tpu_and_cuda_without_a_cpu_form():
+    code, result, done = _run()
+    assert code == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert result["exported"] == {
+        platform: {family: "ok" for family in ("gpt", "bert", "t5")} for platform in ("tpu", "cuda")
+    }
+    assert result["failures"] == 0 and result["cpu_only_forms"] == 0
+    for family in ("gpt", "t5"):  # Decoding loops too (BERT has none).
+        assert f"tpu {family:>5}: ok; train, eval, decode exported" in done.stdout
+
+
+def test_cpu_forms_forced_onto_a_tpu_export_are_found():
+    code, result, _ = _run("--kernels=cpu", "--platforms=tpu", "--families=gpt")
+    assert code == 1 and result["cpu_only_forms"] > 0
+    status = result["exported"]["tpu"]["gpt"]
+    for form in ("add_bias", "matmul", "optimization_barrier", "ui16"):
+        assert form in status, status
