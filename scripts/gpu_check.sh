@@ -16,7 +16,7 @@ out=${1:-gpu_results}
 mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-export PTJAX_NO_ENV_TUNING=1  # The CPU tuning (glibc, XLA:CPU flags) is not for accelerators.
+export PTJAX_NO_ENV_TUNING=1  # Never re-execute with the CPU tuning (runtime skips it on accelerators too).
 python=${PYTHON:-python3}
 "$python" -c "import jax; print('devices:', jax.devices())"
 for size in ${SIZES:-small medium}; do
