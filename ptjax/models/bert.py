@@ -20,7 +20,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ptjax.models import layers
+from ptjax.models import attention, layers
 
 Array = jax.Array
 
@@ -37,7 +37,8 @@ class BertConfig:
     num_heads: int
     d_model: int
     d_ff: int
-    dropout_rate: float = 0.1  # Hidden and attention-probability dropout, as BERT's 0.1 / 0.1.
+    dropout_rate: float = 0.1  # Hidden dropout, as BERT's 0.1.
+    attention_dropout_rate: float = -1.0  # Of attention probabilities; -1: dropout_rate.
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     pre_ln: bool = False
@@ -145,7 +146,7 @@ class EncoderBlock(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, *, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: attention.Mask, *, deterministic: bool) -> Array:
         cfg = self.config
         dtype, param_dtype = _dtypes(cfg)
         attention_ln = _layer_norm(cfg, "attention_ln")
@@ -156,10 +157,11 @@ class EncoderBlock(nn.Module):
         h, _ = layers.MultiHeadAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
-            dropout_rate=cfg.dropout_rate,
+            dropout_rate=layers.attention_dropout_rate(cfg),
             dtype=dtype,
             param_dtype=param_dtype,
             name="attention",
+            where="BERT self-attention",
         )(h, h, mask, deterministic=deterministic)  # [batch, length, d_model]
         x = x + dropout(h, deterministic=deterministic)
         if not cfg.pre_ln:
@@ -198,9 +200,7 @@ class Bert(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask.astype(bool)[:, None, None, :]  # [batch, 1, 1, kv_len]
+        mask = attention.Mask(kv_valid=attention_mask)  # Bidirectional; padding keys masked.
 
         x = BertEmbeddings(cfg, name="embeddings")(
             input_ids, token_type_ids, position_ids, deterministic=deterministic

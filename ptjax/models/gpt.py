@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ptjax.models import layers, scan
+from ptjax.models import attention, layers, scan
 
 Array = jax.Array
 
@@ -25,6 +25,7 @@ class GPTConfig:
     d_model: int
     d_ff: int
     dropout_rate: float = 0.1
+    attention_dropout_rate: float = -1.0  # Of attention probabilities; -1: dropout_rate.
     layer_norm_eps: float = 1e-5
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -64,7 +65,7 @@ class DecoderBlock(nn.Module):
     def __call__(
         self,
         x: Array,
-        mask: Array,
+        mask: Array | attention.Mask,
         *,
         deterministic: bool,
         cache: dict[str, Array] | None = None,
@@ -80,11 +81,12 @@ class DecoderBlock(nn.Module):
         h, cache = layers.MultiHeadAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
-            dropout_rate=cfg.dropout_rate,
+            dropout_rate=layers.attention_dropout_rate(cfg),
             out_kernel_init=out_init,
             dtype=dtype,
             param_dtype=param_dtype,
             name="attn",
+            where="GPT self-attention",
         )(h, h, mask, deterministic=deterministic, cache=cache, cache_index=cache_index)
         x = x + layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
@@ -133,9 +135,7 @@ class GPT(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(length), inputs.shape)
         index = None
         if cache is None:
-            mask = layers.causal_mask(length)
-            if segment_ids is not None:
-                mask = layers.combine_masks(mask, layers.segment_mask(segment_ids, segment_ids))
+            mask = attention.Mask(segment_ids, segment_ids, causal=True)
         else:
             index = cache["index"][0]  # Rows decode in lockstep; stored per row for beams.
             if input_mask is None:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ptjax import backend
-from ptjax.models import mixed_matmul
+from ptjax.models import attention, mixed_matmul
 
 Array = jax.Array
 Dtype = jnp.dtype
@@ -104,6 +104,13 @@ def constrain_batch(x: Array) -> Array:
     traced on a mesh (under flax logical-axis rules, set by ptjax.train.parallel); a no-op
     under pmap and outside training. Called on the residual stream between blocks."""
     return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
+
+
+def attention_dropout_rate(cfg: Any) -> float:
+    """A family config's attention-probability dropout: its attention_dropout_rate, or its
+    dropout_rate when that is -1. Zero lets training steps take a fused attention kernel."""
+    rate = cfg.attention_dropout_rate
+    return cfg.dropout_rate if rate < 0 else rate
 
 
 def normal_init(stddev: float = 0.02) -> Callable:
@@ -207,7 +214,7 @@ def dot_product_attention(
     query: Array,  # [batch, q_len, heads, head_dim]
     key: Array,  # [batch, kv_len, heads, head_dim]; [batch, heads, kv_len, ...] if heads_first
     value: Array,  # as key
-    mask: Array | None = None,  # [batch or 1, 1, q_len, kv_len] bool
+    mask: Array | attention.Mask | None = None,  # dense: [batch or 1, 1, q_len, kv_len] bool
     bias: Array | None = None,  # [batch or 1, heads, q_len, kv_len]
     *,
     kv_heads_first: bool = False,
@@ -216,6 +223,7 @@ def dot_product_attention(
     dropout_rng: Array | None = None,
     deterministic: bool = True,
     dtype: Dtype = jnp.float32,
+    where: str = "attention",  # What the attention is, for the log of kernel choices.
 ) -> Array:
     """Softmax attention, softmax in float32; returns [batch, q_len, heads, head_dim].
 
@@ -223,9 +231,31 @@ def dot_product_attention(
     decoding caches hold them: the products then read them in place, where the default layout
     makes XLA:CPU copy the whole cache into that order at every step (a quarter of a GPT
     decoding step on the 'bench' model).
+
+    A `mask` described as an attention.Mask goes to the run's attention kernel
+    (ptjax.models.attention) when it can take the call; otherwise, and for a dense mask, this
+    function computes it in XLA.
     """
     if scale is None:
         scale = query.shape[-1] ** -0.5
+    if isinstance(mask, attention.Mask):
+        dropout = not deterministic and dropout_rate > 0.0
+        out = None
+        if not kv_heads_first:  # Decoding caches (heads first) stay with XLA.
+            out = attention.fused(
+                query,
+                key,
+                value,
+                mask,
+                bias,
+                scale=scale,
+                dropout=dropout,
+                dtype=dtype,
+                where=where,
+            )
+        if out is not None:
+            return out
+        mask = mask.dense(query.shape[1], key.shape[2 if kv_heads_first else 1])
     query = query * jnp.asarray(scale, query.dtype)
     # bf16 on a CPU: heads-first products accumulating in float32 (mixed_matmul), 20% faster
     # forward and backward than the einsums, which XLA:CPU runs through float32 copies.
@@ -367,13 +397,14 @@ class MultiHeadAttention(nn.Module):
     out_kernel_init: Callable = normal_init()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    where: str = "attention"  # What it is, for the log of attention-kernel choices.
 
     @nn.compact
     def __call__(
         self,
         inputs_q: Array,  # [batch, q_len, d_model]
         inputs_kv: Array,  # [batch, kv_len, d_model]
-        mask: Array | None = None,
+        mask: Array | attention.Mask | None = None,
         bias: Array | None = None,
         *,
         deterministic: bool = True,
@@ -384,7 +415,8 @@ class MultiHeadAttention(nn.Module):
 
         With a cache ({'key', 'value'}: [batch, heads, max_len, head_dim]), the new keys and
         values are written at positions cache_index.. and the queries attend over the whole
-        cache; `mask` must then be [batch, 1, q_len, max_len].
+        cache; `mask` must then be [batch, 1, q_len, max_len]. Without one, `mask` is best an
+        attention.Mask, which a fused kernel can take.
         """
 
         def proj(name: str) -> Dense:
@@ -427,6 +459,7 @@ class MultiHeadAttention(nn.Module):
             kv_heads_first=cache is not None,
             deterministic=deterministic,
             dtype=self.dtype,
+            where=self.where,
         )
         out = Dense(
             inputs_q.shape[-1],

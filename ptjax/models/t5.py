@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptjax.models import layers, scan
+from ptjax.models import attention, layers, scan
 
 Array = jax.Array
 
@@ -48,7 +48,8 @@ class T5Config:
     num_heads: int
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
-    dropout_rate: float = 0.1  # Embeddings, residuals, FFN inner and attention probabilities.
+    dropout_rate: float = 0.1  # Embeddings, residuals, FFN inner.
+    attention_dropout_rate: float = -1.0  # Of attention probabilities; -1: dropout_rate.
     layer_norm_eps: float = 1e-6
     feed_forward: str = "relu"  # 'relu' (T5 1.0) or 'gated-gelu' (1.1 / mT5, tanh GELU).
     tie_word_embeddings: bool = True  # 1.0: logits = (x * d_model**-0.5) @ shared^T.
@@ -237,7 +238,7 @@ class Attention(nn.Module):
         self,
         inputs_q: Array,  # [batch, q_len, d_model]
         inputs_kv: Array | None,  # [batch, kv_len, d_model]
-        mask: Array | None,  # [batch or 1, 1, q_len, kv_len] bool
+        mask: Array | attention.Mask | None,  # dense: [batch or 1, 1, q_len, kv_len] bool
         bias: Array | None,  # [batch or 1, heads, q_len, kv_len]
         *,
         deterministic: bool,
@@ -277,8 +278,9 @@ class Attention(nn.Module):
                 key, value = kv["key"], kv["value"]  # [batch, heads, kv_len, d_kv]
         if cache is not None:
             key, value = layers.write_cache(cache, key, value, cache_index)
+        dropout_rate = layers.attention_dropout_rate(cfg)
         dropout_rng = None
-        if not deterministic and cfg.dropout_rate > 0.0:
+        if not deterministic and dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
         out = layers.dot_product_attention(
             query,
@@ -288,10 +290,11 @@ class Attention(nn.Module):
             bias,
             kv_heads_first=heads_first,
             scale=1.0,
-            dropout_rate=cfg.dropout_rate,
+            dropout_rate=dropout_rate,
             dropout_rng=dropout_rng,
             deterministic=deterministic,
             dtype=dtype,
+            where=f"T5 {self.name}",
         )  # [batch, q_len, heads, d_kv]
         out = layers.Dense(
             cfg.d_model,
@@ -356,7 +359,9 @@ class EncoderLayer(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, bias: Array, *, deterministic: bool) -> Array:
+    def __call__(
+        self, x: Array, mask: attention.Mask, bias: Array, *, deterministic: bool
+    ) -> Array:
         cfg = self.config
         dropout = layers.Dropout(cfg.dropout_rate)
         h = _norm(cfg, "self_attention_ln")(x)
@@ -376,8 +381,8 @@ class DecoderLayer(nn.Module):
         self,
         x: Array,  # [batch, tgt_len, d_model]
         encoded: Array | None,  # [batch, src_len, d_model]; None: cross keys/values in `cross`
-        self_mask: Array,
-        cross_mask: Array | None,
+        self_mask: Array | attention.Mask,
+        cross_mask: Array | attention.Mask | None,
         bias: Array,
         *,
         deterministic: bool,
@@ -417,7 +422,7 @@ class Encoder(nn.Module):
     def __call__(
         self,
         x: Array,  # [batch, src_len, d_model], embedded tokens
-        mask: Array | None,  # [batch, 1, src_len, src_len] bool
+        mask: attention.Mask,
         positions: Array,  # [batch or 1, src_len] int
         *,
         deterministic: bool,
@@ -455,8 +460,8 @@ class Decoder(nn.Module):
         self,
         x: Array,  # [batch, tgt_len, d_model], embedded tokens
         encoded: Array | None,  # [batch, src_len, d_model]; None: use `cross`
-        self_mask: Array,  # [batch or 1, 1, tgt_len, kv_len] bool
-        cross_mask: Array | None,  # [batch, 1, tgt_len, src_len] bool
+        self_mask: Array | attention.Mask,  # dense (with a cache): [batch or 1, 1, tgt, kv] bool
+        cross_mask: Array | attention.Mask | None,  # dense: [batch, 1, tgt_len, src_len] bool
         q_positions: Array,  # [batch or 1, tgt_len] int
         k_positions: Array,  # [batch or 1, kv_len] int
         *,
@@ -563,11 +568,7 @@ class T5(nn.Module):
         """Encoder output [batch, src_len, d_model] (padding positions are meaningless)."""
         src_len = encoder_input_tokens.shape[1]
         self._check_length(src_len, "Encoder input")
-        mask = _key_mask(encoder_mask)
-        if encoder_segment_ids is not None:
-            mask = layers.combine_masks(
-                mask, layers.segment_mask(encoder_segment_ids, encoder_segment_ids)
-            )
+        mask = attention.Mask(encoder_segment_ids, encoder_segment_ids, encoder_mask)
         return self.encoder(
             self.shared(encoder_input_tokens),
             mask,
@@ -606,11 +607,15 @@ class T5(nn.Module):
         index, cross = None, None
         if cache is None:
             self._check_length(tgt_len, "Decoder input")
-            self_mask = layers.combine_masks(layers.causal_mask(tgt_len), _key_mask(decoder_mask))
-            if decoder_segment_ids is not None:
-                self_mask = layers.combine_masks(
-                    self_mask, layers.segment_mask(decoder_segment_ids, decoder_segment_ids)
-                )
+            self_mask = attention.Mask(
+                decoder_segment_ids, decoder_segment_ids, decoder_mask, causal=True
+            )
+            packed = decoder_segment_ids is not None and encoder_segment_ids is not None
+            cross_mask = attention.Mask(
+                decoder_segment_ids if packed else None,
+                encoder_segment_ids if packed else None,
+                encoder_mask,
+            )
             q_positions = k_positions = _positions(decoder_positions, tgt_len)
             layer_cache = None
         else:
@@ -623,11 +628,7 @@ class T5(nn.Module):
             q_positions = (index + jnp.arange(tgt_len))[None]  # [1, tgt_len]
             k_positions = jnp.arange(max_len)[None]  # [1, max_len]
             self_mask = (k_positions[0][None, :] <= q_positions[0][:, None])[None, None]
-        cross_mask = _key_mask(encoder_mask)
-        if decoder_segment_ids is not None and encoder_segment_ids is not None:
-            cross_mask = layers.combine_masks(
-                cross_mask, layers.segment_mask(decoder_segment_ids, encoder_segment_ids)
-            )
+            cross_mask = _key_mask(encoder_mask)
         x, self_kvs, cross_kvs = self.decoder(
             self.shared(decoder_input_tokens),
             encoded,
