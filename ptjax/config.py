@@ -46,6 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
     # devices a step runs on, the XLA:CPU-tuned ones on CPU and plain XLA on GPU and TPU;
     # 'cpu' or 'xla' force one.
     c.model.kernels = "auto"
+    # Attention kernel (ptjax.models.attention): 'auto' takes Pallas splash/flash on TPU, cuDNN's
+    # fused attention on GPU and XLA on CPU; 'xla', 'splash' or 'cudnn' ask for one (a kernel
+    # asked for on a platform it does not run on is refused). Training steps with attention
+    # dropout take XLA: set model.attention_dropout_rate=0 to give them the kernel.
+    c.model.attention = "auto"
+    c.model.attention_dropout_rate = -1.0  # Of attention probabilities; -1: model.dropout_rate.
     c.model.num_labels = 0  # Classification heads: 0 takes the dataset's number of labels.
     c.model.type_vocab_size = 0  # BERT segment (token type) table; 0: the size's value (2).
     c.model.pre_ln = False  # BERT: pre-LayerNorm blocks (default: the original post-LN).
@@ -185,6 +191,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.kernels": ("auto", "cpu", "xla"),
+    "model.attention": ("auto", "xla", "cudnn", "splash"),
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "dataset.document_per": ("line", "file"),
     "tokenizer.model_type": ("unigram", "bpe"),
@@ -322,6 +329,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"Config key model.dropout_rate={config.model.dropout_rate!r} must be -1 (the size's "
             "value) or lie in [0, 1)."
+        )
+    rate = config.model.attention_dropout_rate
+    if not (rate == -1.0 or 0.0 <= rate < 1.0):
+        raise ConfigError(
+            f"Config key model.attention_dropout_rate={rate!r} must be -1 (model.dropout_rate) "
+            "or lie in [0, 1)."
         )
     if config.task not in tasks.TASKS:
         raise ConfigError(f"Config key task={config.task!r}; known tasks: {sorted(tasks.TASKS)}.")

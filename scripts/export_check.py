@@ -1,17 +1,22 @@
 """Proof that ptjax's steps lower for TPU and GPU, made on this machine's CPU.
 
-    python scripts/export_check.py [--kernels=auto|cpu|xla] [--platforms=tpu,cuda]
-        [--families=gpt,bert,t5]
+    python scripts/export_check.py [--kernels=auto|cpu|xla] [--attention=auto|xla|splash|cudnn]
+        [--platforms=tpu,cuda] [--families=gpt,bert,t5]
 
 Exports with `jax.export` (platforms=['tpu'] and ['cuda']) the bf16 train step on a (2, 2, 2)
 mesh, the eval step and the greedy decoding loop of GPT, BERT (no decoding) and T5 at the tiny
-size, each traced with the forms the `auto` policy gives that platform (ptjax.backend), and
-reads the exported modules: how many Pallas TPU kernel calls they make, and whether any holds a
-form meant for XLA:CPU only (mixed_matmul's products and bias gradient, ptjax.argmax's barrier,
-the 16-bit Threefry dropout bits). The last line printed is one JSON object:
+size, each traced with the forms (ptjax.backend) and the attention kernel
+(ptjax.models.attention) that the `auto` policy gives that platform, and reads the exported
+modules: how many Pallas TPU kernel calls they make, and whether any holds a form meant for
+XLA:CPU only (mixed_matmul's products and bias gradient, ptjax.argmax's barrier, the 16-bit
+Threefry dropout bits). Attention dropout is 0 (model.attention_dropout_rate), as a run that
+wants the kernels in training sets it. On TPU (splash) every train and eval step must call a
+Pallas kernel, and T5's decoding loop too (its encoder); a module without one is a failure.
+cuDNN's attention traces only where cuDNN is installed: on a machine without it `auto` gives
+CUDA XLA's attention and says so in "attention". The last line printed is one JSON object:
 
     {"exported": {"tpu": {"gpt": "ok", ...}, "cuda": {...}}, "failures": 0,
-     "tpu_kernel_calls": N, "cpu_only_forms": 0}
+     "tpu_kernel_calls": N, "cpu_only_forms": 0, "attention": {"tpu": "splash", ...}}
 
 and the exit status is 1 if anything failed to export or holds a CPU-only form.
 """
@@ -52,32 +57,38 @@ def family_config(family: str):
     config.per_device_batch_size = 2
     config.parallelism.mode = "mesh"
     config.parallelism.data, config.parallelism.fsdp, config.parallelism.tensor = MESH
+    config.model.attention_dropout_rate = 0.0
     if family == "t5":
         config.seq2seq.target_len = 32
     return config
 
 
-def exported_modules(family: str, platform: str, kernels: str = "auto") -> dict[str, str]:
-    """{what: exported StableHLO text} of `family`'s steps for `platform`."""
+def exported_modules(
+    family: str, platform: str, kernels: str = "auto", kernel: str = "xla"
+) -> dict[str, str]:
+    """{what: exported StableHLO text} of `family`'s steps for `platform`, with attention
+    `kernel`."""
     import jax
     from jax import export
 
     from ptjax import backend, models
     from ptjax.decoding import search
+    from ptjax.models import attention
     from ptjax.train import estimate, parallel, sharding, steps
 
     config = family_config(family)
     forms = backend.resolve_platform(kernels, platform)
     lowered = {}
-    step, state, batch = estimate.train_step_args(config, forms=forms)
+    step, state, batch = estimate.train_step_args(config, forms=forms, attention_kernel=kernel)
     lowered["train"] = export.export(step, platforms=[platform])(state, batch)
 
     model, _ = models.build(config)
     task = estimate.task_of(config)
     mesh = parallel.create(config.parallelism).mesh
-    eval_step = parallel.mesh_eval_step(
-        backend.traced_with(forms, steps.eval_step), mesh, model=model, task=task
+    traced = attention.traced_with(
+        parallel.attention_on(kernel, mesh), backend.traced_with(forms, steps.eval_step)
     )
+    eval_step = parallel.mesh_eval_step(traced, mesh, model=model, task=task)
     lowered["eval"] = export.export(eval_step, platforms=[platform])(state.params, batch)
 
     family_fns = models.MODELS[config.model.family]
@@ -96,6 +107,7 @@ def exported_modules(family: str, platform: str, kernels: str = "auto") -> dict[
         )
         spec = jax.ShapeDtypeStruct
         args = (spec((4, 16), "int32"), spec((4, 16), "bool"), spec((2,), "uint32"))
+        decode = attention.traced_with(attention.Choice(kernel, mesh), decode)
         decoder = jax.jit(backend.traced_with(forms, decode))
         lowered["decode"] = export.export(decoder, platforms=[platform])(params, *args)
     return {what: exp.mlir_module() for what, exp in lowered.items()}
@@ -103,8 +115,14 @@ def exported_modules(family: str, platform: str, kernels: str = "auto") -> dict[
 
 def main(argv: list[str]) -> int:
     from ptjax import runtime
+    from ptjax.models import attention
 
-    options = {"kernels": "auto", "platforms": ",".join(PLATFORMS), "families": ",".join(FAMILIES)}
+    options = {
+        "kernels": "auto",
+        "attention": "auto",
+        "platforms": ",".join(PLATFORMS),
+        "families": ",".join(FAMILIES),
+    }
     for arg in argv:
         key, _, value = arg.removeprefix("--").partition("=")
         if key not in options or not value:
@@ -113,11 +131,15 @@ def main(argv: list[str]) -> int:
     runtime.quiet_library_logs()
     platforms, families = options["platforms"].split(","), options["families"].split(",")
     exported: dict[str, dict[str, str]] = {p: {} for p in platforms}
+    chosen: dict[str, str] = {}
     failures = kernel_calls = cpu_only = 0
     for platform in platforms:
+        kernel, why = attention.resolve(options["attention"], platform)
+        chosen[platform] = kernel if kernel != "xla" or "unusable" not in why else f"xla ({why})"
+        print(f"{platform:>5}: attention {kernel} ({why})")
         for family in families:
             try:
-                modules = exported_modules(family, platform, options["kernels"])
+                modules = exported_modules(family, platform, options["kernels"], kernel)
             except Exception as e:  # Reported, counted and the next one tried.
                 traceback.print_exc()
                 exported[platform][family] = f"failed: {type(e).__name__}: {e}"[:300]
@@ -127,15 +149,22 @@ def main(argv: list[str]) -> int:
                 what: [m.group(0) for m in CPU_ONLY.finditer(text)]
                 for what, text in modules.items()
             }
-            calls = sum(text.count("tpu_custom_call") for text in modules.values())
+            per_module = {what: text.count("tpu_custom_call") for what, text in modules.items()}
+            calls = sum(per_module.values())
             forms = sorted({hit for hits in found.values() for hit in hits})
             status = "ok" if not any(found.values()) else "cpu-only forms: " + ", ".join(forms)
+            # Splash on TPU: every step calls the kernel; decoding only where it has no cache.
+            must_call = [w for w in per_module if w != "decode" or family == "t5"]
+            missing = [w for w in must_call if kernel == "splash" and not per_module[w]]
+            if missing:
+                status = f"no Pallas kernel call in {', '.join(missing)}"
+                failures += 1
             exported[platform][family] = status
             kernel_calls += calls if platform == "tpu" else 0
             cpu_only += sum(len(hits) for hits in found.values())
             print(
                 f"{platform:>5} {family:>5}: {status}; {', '.join(modules)} exported, "
-                f"{calls} Pallas TPU kernel calls"
+                f"Pallas TPU kernel calls {per_module}"
             )
     print(
         json.dumps(
@@ -144,6 +173,7 @@ def main(argv: list[str]) -> int:
                 "failures": failures,
                 "tpu_kernel_calls": kernel_calls,
                 "cpu_only_forms": cpu_only,
+                "attention": chosen,
             }
         )
     )

@@ -31,6 +31,17 @@ def test_every_step_exports_for_tpu_and_cuda_without_a_cpu_form():
     assert result["failures"] == 0 and result["cpu_only_forms"] == 0
     for family in ("gpt", "t5"):  # Decoding loops too (BERT has none).
         assert f"tpu {family:>5}: ok; train, eval, decode exported" in done.stdout
+    # TPU's auto attention is splash/flash: every train and eval step calls a Pallas kernel
+    # (the script fails a module without one), T5's decoding loop too (its encoder).
+    assert result["attention"]["tpu"] == "splash"
+    assert result["tpu_kernel_calls"] >= 3 * (3 + 1) + 1, result
+    assert "{'train': 9, 'eval': 3, 'decode': 1}" in done.stdout  # T5: self, cross, biased.
+
+
+def test_xla_attention_on_tpu_makes_no_kernel_call():
+    code, result, _ = _run("--attention=xla", "--platforms=tpu", "--families=bert")
+    assert code == 0 and result["tpu_kernel_calls"] == 0
+    assert result["attention"] == {"tpu": "xla"}
 
 
 def test_cpu_forms_forced_onto_a_tpu_export_are_found():

@@ -26,6 +26,7 @@ from ptjax import backend, models
 from ptjax.config import load_run_config
 from ptjax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer, tokenizer_file
 from ptjax.decoding.search import DecodeConfig, beam_search, sample
+from ptjax.models import attention
 from ptjax.train import parallel
 from ptjax.train.checkpoint import restore_params
 
@@ -71,6 +72,7 @@ class Generator:
         input_prefix: str = "",
         mesh: jax.sharding.Mesh | None = None,
         kernels: str = "auto",
+        attention_setting: str = "auto",
     ):
         self.model = model
         # T5's module has an encoder; its prompts are encoder inputs, not a text to continue.
@@ -91,6 +93,10 @@ class Generator:
         self._devices = list(devices or jax.local_devices())
         on = list(mesh.devices.flat) if mesh is not None else self._devices
         self.forms = backend.resolve(kernels, on)  # What the decoding loop is traced with.
+        # Its attention: the kernel for what has no cache (T5's encoder); every device of a
+        # mesh runs it on the whole (replicated) batch of prompts.
+        kernel = attention.choose(attention_setting, on).kernel
+        self.attention = attention.Choice(kernel, mesh)
         self._replicated = None
 
     def set_params(self, params: Any) -> None:
@@ -124,6 +130,7 @@ class Generator:
             family,
             input_prefix=run_input_prefix(config),
             kernels=config.model.kernels,
+            attention_setting=config.model.attention,
         )
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -225,7 +232,7 @@ class Generator:
                 return best, lengths
             return sample(prefill, step, params, tokens, mask, rng, cfg)
 
-        run = backend.traced_with(self.forms, run)
+        run = attention.traced_with(self.attention, backend.traced_with(self.forms, run))
 
         if self._mesh is not None:  # One program over the mesh: the same on every process.
             replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())

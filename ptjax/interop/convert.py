@@ -147,6 +147,7 @@ def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDic
         c.model.vocab_size = cfg.vocab_size
         c.model.max_len = cfg.max_len
         c.model.dropout_rate = cfg.dropout_rate
+        c.model.attention_dropout_rate = cfg.attention_dropout_rate
         c.seq_len = min(c.seq_len, cfg.max_len)
         if model.family == "bert":
             c.model.type_vocab_size = cfg.type_vocab_size

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ptjax.interop import tensor_map as tm
-from ptjax.models import bert
+from ptjax.models import bert, layers
 
 MODEL_TYPE = "bert"
 FAMILY = "bert"
@@ -74,6 +74,9 @@ def model_config(hf: dict[str, Any]) -> bert.BertConfig:
         d_model=hf["hidden_size"],
         d_ff=hf["intermediate_size"],
         dropout_rate=float(hf.get("hidden_dropout_prob", 0.1)),
+        attention_dropout_rate=tm.attention_rate(
+            hf, "attention_probs_dropout_prob", "hidden_dropout_prob"
+        ),
         type_vocab_size=hf.get("type_vocab_size", 2),
         layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
     )
@@ -271,7 +274,7 @@ def hf_config(
         "intermediate_size": cfg.d_ff,
         "hidden_act": "gelu",
         "hidden_dropout_prob": cfg.dropout_rate,
-        "attention_probs_dropout_prob": cfg.dropout_rate,
+        "attention_probs_dropout_prob": layers.attention_dropout_rate(cfg),
         "max_position_embeddings": cfg.max_len,
         "type_vocab_size": cfg.type_vocab_size,
         "initializer_range": _POOLER_INIT_STD,

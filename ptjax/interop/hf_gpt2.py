@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ptjax.interop import tensor_map as tm
-from ptjax.models import gpt
+from ptjax.models import gpt, layers
 
 MODEL_TYPE = "gpt2"
 FAMILY = "gpt"
@@ -63,6 +63,7 @@ def model_config(hf: dict[str, Any]) -> gpt.GPTConfig:
         d_model=d,
         d_ff=hf.get("n_inner") or 4 * d,
         dropout_rate=float(hf.get("resid_pdrop", 0.1)),
+        attention_dropout_rate=tm.attention_rate(hf, "attn_pdrop", "resid_pdrop"),
         layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
     )
 
@@ -162,7 +163,7 @@ def hf_config(cfg: gpt.GPTConfig, arch: str, *, eos_id: int) -> dict[str, Any]:
         "activation_function": "gelu_new",
         "resid_pdrop": cfg.dropout_rate,
         "embd_pdrop": cfg.dropout_rate,
-        "attn_pdrop": cfg.dropout_rate,
+        "attn_pdrop": layers.attention_dropout_rate(cfg),
         "layer_norm_epsilon": cfg.layer_norm_eps,
         "initializer_range": 0.02,
         "scale_attn_weights": True,

@@ -202,3 +202,10 @@ def to_hf(mapping: Mapping, params: Any) -> dict[str, np.ndarray]:
     if problems:
         raise ConversionError("ptjax parameters do not convert: " + "; ".join(problems))
     return out
+
+
+def attention_rate(hf: MappingType[str, Any], key: str, hidden_key: str) -> float:
+    """A family config's attention_dropout_rate from an HF config's `key`: -1 (the same as the
+    hidden dropout) unless it differs from `hidden_key`'s."""
+    hidden, rate = float(hf.get(hidden_key, 0.1)), float(hf.get(key, hf.get(hidden_key, 0.1)))
+    return -1.0 if rate == hidden else rate

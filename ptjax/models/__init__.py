@@ -47,6 +47,8 @@ class ModelFamily:
             params["max_len"] = config.model.max_len
         if config.model.dropout_rate >= 0:
             params["dropout_rate"] = config.model.dropout_rate
+        if config.model.get("attention_dropout_rate", -1.0) >= 0:
+            params["attention_dropout_rate"] = config.model.attention_dropout_rate
         params["dtype"] = config.model.dtype
         params["param_dtype"] = config.model.param_dtype
         params["remat"] = config.model.remat

@@ -385,9 +385,14 @@ def _splash(q, k, v, q_ids, kv_ids, bias, *, causal: bool, interpret: bool = Fal
 
     del bias  # None: splash takes no bias.
     kernel = _splash_kernel(q.shape[1], q.shape[2], k.shape[2], causal, interpret)
-    return jax.vmap(lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=splash.SegmentIds(qi, ki)))(
-        q, k, v, q_ids, kv_ids
-    )
+
+    def one(args):  # One row: [heads, length, head_dim].
+        q, k, v, qi, ki = args
+        return kernel(q, k, v, segment_ids=splash.SegmentIds(qi, ki))
+
+    if interpret:  # Row by row: the TPU interpreter (flash's, on the CPU) takes no vmap.
+        return jax.lax.map(one, (q, k, v, q_ids, kv_ids))
+    return jax.vmap(lambda *args: one(args))(q, k, v, q_ids, kv_ids)
 
 
 def _flash(q, k, v, q_ids, kv_ids, bias, *, causal: bool):

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ptjax import backend, models, tasks
+from ptjax.models import attention
 from ptjax.train import optim, parallel, sharding, steps
 from ptjax.train.state import TrainState
 
@@ -135,12 +136,14 @@ def train_step_args(
     config: ml_collections.ConfigDict,
     per_device_batch_size: int | None = None,
     forms: str | None = None,
+    attention_kernel: str | None = None,
 ) -> tuple[Any, Any, Any]:
     """(the trainer's train step as its Parallel builds it, its abstract state, its abstract
     batch): nothing of the model's size is allocated. pmap: the per-device step on one device,
     arguments with a leading device axis of 1; mesh: the global step on config.parallelism's
     mesh, arguments carrying their shardings. `forms`: what the step is traced with
-    (ptjax.backend; None: the default backend decides)."""
+    (ptjax.backend; None: the default backend decides); `attention_kernel`: its attention
+    (ptjax.models.attention; None: XLA)."""
     rows = per_device_batch_size or config.per_device_batch_size
     task, head_kwargs = _task_and_head(config)
     model, _ = models.build(config, **head_kwargs)
@@ -158,6 +161,9 @@ def train_step_args(
     step_fn = backend.traced_with(forms, steps.train_step)
     if config.parallelism.mode == "mesh":  # The global step, sharded over all devices.
         mesh = parallel.create(config.parallelism).mesh
+        if attention_kernel is not None:
+            choice = parallel.attention_on(attention_kernel, mesh)
+            step_fn = attention.traced_with(choice, step_fn)
         step = parallel.mesh_train_step(step_fn, mesh, state, **kwargs)
         state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -171,6 +177,8 @@ def train_step_args(
         }
         return step, state, batch
     # pmap: the per-device program on one device (the same on every device).
+    if attention_kernel is not None:
+        step_fn = attention.traced_with(attention.Choice(attention_kernel), step_fn)
     step = parallel.pmap_train_step(step_fn, jax.local_devices()[:1], **kwargs)
     return step, _with_device_axis(state), _with_device_axis(batch_spec(config, rows))
 
@@ -182,8 +190,10 @@ def lower_train_step(
     model's hyper-parameters). Nothing of the model's size is allocated. pmap: the per-device
     program; mesh: the global program on config.parallelism's mesh (XLA reports per device).
     Traced with the forms of config.model.kernels on this machine's devices."""
-    par = parallel.create(config.parallelism, config.model.kernels)
-    step, state, batch = train_step_args(config, per_device_batch_size, par.forms)
+    par = parallel.create(config.parallelism, config.model.kernels, config.model.attention)
+    step, state, batch = train_step_args(
+        config, per_device_batch_size, par.forms, par.attention.kernel
+    )
     lowered = step.lower(state, batch)
     _, head_kwargs = _task_and_head(config)
     _, model_config = models.build(config, **head_kwargs)

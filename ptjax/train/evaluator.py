@@ -82,11 +82,12 @@ def evaluate_checkpoint(
     )
     try:
         # The run's mode: pmap, or its mesh.
-        par = parallel.create(config.parallelism, config.model.kernels)
+        par = parallel.create(config.parallelism, config.model.kernels, config.model.attention)
     except ConfigError as e:  # A mesh of another machine: the parameters still evaluate.
         logging.warning("%s Evaluating under pmap on the %d devices here.", e, jax.device_count())
         par = parallel.Parallel()
         par.forms = backend.resolve(config.model.kernels, par.devices)
+        par.choose_attention(config.model.attention)
     params = par.place(restore_params(path, abstract, par.shardings))
     p_eval_step = par.eval_step(steps.eval_step, model=model, task=task)
     data_kwargs = dict(

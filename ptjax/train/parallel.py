@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from ptjax import backend
+from ptjax.models import attention
 
 AXIS = "batch"
 
@@ -81,11 +82,18 @@ class Parallel:
     """The trainer's one handle on the parallel mode: where the state lives, how steps run and
     how arrays come back to the host. `mesh` None: pmap over the local devices."""
 
-    def __init__(self, mesh: jax.sharding.Mesh | None = None, forms: str | None = None):
+    def __init__(
+        self,
+        mesh: jax.sharding.Mesh | None = None,
+        forms: str | None = None,
+        attention_choice: attention.Choice | None = None,
+    ):
         """`forms`: what the steps are traced with (ptjax.backend.CPU or XLA; None: not set,
-        the default backend decides)."""
+        the default backend decides); `attention_choice`: their attention kernel
+        (ptjax.models.attention; None: XLA)."""
         self.mesh = mesh
         self.forms = forms
+        self.attention = attention_choice
 
     @property
     def devices(self) -> list[Any]:
@@ -95,7 +103,12 @@ class Parallel:
         return [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
 
     def _traced(self, fn: Callable) -> Callable:
-        return backend.traced_with(self.forms, fn)
+        return attention.traced_with(self.attention, backend.traced_with(self.forms, fn))
+
+    def choose_attention(self, setting: str) -> None:
+        """Sets the steps' attention kernel from config model.attention on this Parallel's
+        devices (logged); on a mesh the kernel runs per shard of its batch and head axes."""
+        self.attention = attention_on(attention.choose(setting, self.devices).kernel, self.mesh)
 
     def init(self, init_fn: Callable[[], Any], abstract_state: Any) -> Any:
         """A fresh state made in place as global arrays (`shardings`): on a mesh sharded,
@@ -177,15 +190,33 @@ class Parallel:
         return mesh_predict_step(fn, self.mesh)
 
 
-def create(parallelism: Any, kernels: str | None = None) -> Parallel:
+def create(
+    parallelism: Any, kernels: str | None = None, attention_setting: str | None = None
+) -> Parallel:
     """The run's Parallel from config.parallelism; a mesh must cover every device, and its DCN
     axes (dcn_data, dcn_fsdp) must divide its axes and span every TPU slice or process.
-    `kernels` (config model.kernels): the forms its steps take on its devices (ptjax.backend;
-    None: not set)."""
+    `kernels` (config model.kernels): the forms its steps take on its devices (ptjax.backend);
+    `attention_setting` (config model.attention): their attention kernel (None: not set)."""
     par = _create(parallelism)
     if kernels is not None:
         par.forms = backend.resolve(kernels, par.devices)
+    if attention_setting is not None:
+        par.choose_attention(attention_setting)
     return par
+
+
+def attention_on(kernel: str, mesh: jax.sharding.Mesh | None) -> attention.Choice:
+    """Attention `kernel` for steps on `mesh` (None: pmap), splitting batch and heads as the
+    activations are split (sharding.LOGICAL_RULES)."""
+    if mesh is None:
+        return attention.Choice(kernel)
+    from ptjax.train import sharding
+
+    def axes(logical: str) -> tuple[str, ...]:
+        mesh_axes = sharding.LOGICAL_RULES[logical]
+        return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+
+    return attention.Choice(kernel, mesh, axes("batch"), axes("heads"))
 
 
 def _create(parallelism: Any) -> Parallel:

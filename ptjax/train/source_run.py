@@ -25,7 +25,14 @@ CONFIG_FILE = "config.json"
 # Run-config keys (model.<key>) of a model's shape, in the order they are taken.
 SHAPE_KEYS = (*models.SHAPE_KEYS, "vocab_size", "max_len", "type_vocab_size")
 # Hyper-parameters a run chooses for itself; the rest of a model config is its architecture.
-_RUN_CHOICES = ("dropout_rate", "dtype", "param_dtype", "remat", "scan_layers")
+_RUN_CHOICES = (
+    "dropout_rate",
+    "attention_dropout_rate",
+    "dtype",
+    "param_dtype",
+    "remat",
+    "scan_layers",
+)
 
 
 def _run_and_parents(path: str) -> list[str]:

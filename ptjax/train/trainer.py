@@ -393,7 +393,7 @@ def _train_and_evaluate(
 ) -> dict[str, Any]:
     data_dir = default_data_dir(config)
     # A mesh that does not fit the devices fails here.
-    par = parallel.create(config.parallelism, config.model.kernels)
+    par = parallel.create(config.parallelism, config.model.kernels, config.model.attention)
     logging.info("%s", backend.describe(config.model.kernels, par.devices))
     task, head_kwargs = tasks.create(config, data_dir=data_dir)
     num_devices = jax.local_device_count()
@@ -541,12 +541,12 @@ def _train_and_evaluate(
     if sampling and (par.mesh is not None or jax.process_index() == 0):
         from ptjax.decoding.generator import Generator
 
-        kernels = config.model.kernels
+        chosen = dict(kernels=config.model.kernels, attention_setting=config.model.attention)
         if par.mesh is None:  # Process 0 alone, on one local device: no collective.
             first = jax.local_devices()[:1]
-            generator = Generator(model, None, tokenizer, family, devices=first, kernels=kernels)
+            generator = Generator(model, None, tokenizer, family, devices=first, **chosen)
         else:  # Every process, on the parameters as they are sharded; process 0 writes.
-            generator = Generator(model, None, tokenizer, family, mesh=par.mesh, kernels=kernels)
+            generator = Generator(model, None, tokenizer, family, mesh=par.mesh, **chosen)
 
     history: list[dict[str, Any]] = []
     progress = metrics_lib.Progress(start_step, config.total_steps)
