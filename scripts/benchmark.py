@@ -88,6 +88,8 @@ class Options:
     devices: int = 0  # ptjax's CPU devices (0: as the process has them; N: N fake devices).
     dtype: str = "float32"  # Compute dtype of both sides (parameters stay float32).
     steps_per_execution: int = 1  # ptjax's train steps per call: config key of that name.
+    attention: str = "auto"  # ptjax's attention kernel: config key model.attention.
+    attention_dropout: float = -1.0  # config key model.attention_dropout_rate (-1: dropout's).
 
     def check(self) -> None:
         """Raises ValueError naming the flag that cannot work."""
@@ -295,6 +297,8 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     config.parallelism.mode = opts.mode
     config.parallelism.fsdp = opts.fsdp
     config.parallelism.tensor = opts.tensor
+    config.model.attention = opts.attention
+    config.model.attention_dropout_rate = opts.attention_dropout
     config_lib.validate(config)
     model, model_config = models.build(config)
     family = models.MODELS[config.model.family]
@@ -350,7 +354,7 @@ class _PtjaxSide:
         rows = self.devices * opts.per_device_batch_size
         tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, params)
         state = TrainState.create(params, tx, state_rng)
-        par = parallel.create(config.parallelism)
+        par = parallel.create(config.parallelism, config.model.kernels, config.model.attention)
         self.state = par.place(state)
         task, _ = tasks.create(config, data_dir="")  # The trainer's task, set up for the config.
         self.p_step = par.train_steps(
@@ -1141,6 +1145,18 @@ def define_flags() -> None:
         1,
         "ptjax's train steps per call (config key steps_per_execution); divides --steps.",
     )
+    flags.DEFINE_enum(
+        "attention",
+        "auto",
+        ["auto", "xla", "splash", "cudnn"],
+        "ptjax's attention kernel (config key model.attention).",
+    )
+    flags.DEFINE_float(
+        "attention_dropout",
+        -1.0,
+        "ptjax's attention-probability dropout (model.attention_dropout_rate; -1: the model's "
+        "dropout). Fused kernels serve training steps only at 0.",
+    )
     flags.DEFINE_string("worker", None, "Internal: run as the worker of one side.")
     flags.DEFINE_string("worker_options", None, "Internal: the worker's options as JSON.")
 
@@ -1173,6 +1189,8 @@ def main(argv: list[str]) -> None:
         devices=FLAGS.devices,
         dtype=FLAGS.dtype,
         steps_per_execution=FLAGS.steps_per_execution,
+        attention=FLAGS.attention,
+        attention_dropout=FLAGS.attention_dropout,
     )
     try:
         opts.check()
