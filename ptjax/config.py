@@ -1,8 +1,10 @@
 """The one config schema: every key a run may set, with its type and default.
 
 Config files in `configs/` start from `base_config()` and change values; they never add keys.
-`validate(config)` checks types and the relations between keys before anything is allocated or
-written, and names the offending key in its error.
+`check_schema(config)` checks types, choices, ranges and the relations between keys; the checks
+that need the model and task registries (family, size, task) are ptjax.run.validate's, which
+runs this first. Both name the offending key in their error. This module imports no other of
+ptjax's but ptjax.errors: every layer may read the config.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ import math
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and what is expected."""
+from ptjax.errors import ConfigError  # noqa: F401 - re-exported: config errors are raised as it.
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -297,10 +297,9 @@ def check_override_flags(argv: list[str], flag: str = "config") -> None:
             raise ConfigError(f"Unknown config key {key!r} in {arg!r}.{hint}")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first key that does not fit the schema."""
-    from ptjax import models, tasks  # Imported here: the registries import this module's users.
-
+def check_schema(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first key that does not fit the schema (ptjax.run.validate
+    adds the checks against the model and task registries)."""
     expected = _flatten(base_config())
     given = _flatten(config)
     for key in sorted(set(given) - set(expected)):
@@ -336,18 +335,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"Config key model.attention_dropout_rate={rate!r} must be -1 (model.dropout_rate) "
             "or lie in [0, 1)."
         )
-    if config.task not in tasks.TASKS:
-        raise ConfigError(f"Config key task={config.task!r}; known tasks: {sorted(tasks.TASKS)}.")
-    family = models.MODELS.get(config.model.family)
-    if family is None:
-        raise ConfigError(
-            f"Config key model.family={config.model.family!r}; known: {sorted(models.MODELS)}."
-        )
-    if config.model.size not in family.sizes:
-        raise ConfigError(
-            f"Config key model.size={config.model.size!r} for family {config.model.family!r}; "
-            f"known sizes: {sorted(family.sizes)}."
-        )
     if not all(isinstance(p, str) for p in config.sample_prompts):
         raise ConfigError("Config key sample_prompts must be a tuple of strings.")
     if not 0.0 <= config.optimizer.end_learning_rate_fraction <= 1.0:
@@ -374,19 +361,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if config.dataset.name == "text_files" and not config.dataset.train_files:
         raise ConfigError("dataset.name='text_files' needs dataset.train_files (paths or globs).")
-    task = tasks.TASKS[config.task]
-    if config.model.family not in task.families:
-        raise ConfigError(
-            f"Config key model.family={config.model.family!r} cannot run task={config.task!r}; "
-            f"that task takes {', '.join(task.families)}."
-        )
-    family.validate(config)
-    max_len = family.make_config(config).max_len
-    if config.sample_every_steps and config.sample_max_new_tokens >= max_len:
-        raise ConfigError(
-            f"Config key sample_max_new_tokens={config.sample_max_new_tokens} must lie in "
-            f"[1, {max_len - 1}]: a sample (prompt included) fits the model's max_len={max_len}."
-        )
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

@@ -30,13 +30,14 @@ def define_flags() -> None:
 def run(config, split: str) -> dict:
     """{'examples', metrics...} of copying the inputs (prefix removed) on `split`."""
     from ptjax import config as config_lib
+    from ptjax import run as run_lib
     from ptjax.data import seq2seq_pipeline
     from ptjax.decoding.generator import run_input_prefix
     from ptjax.evaluation import text_metrics
     from ptjax.tasks.seq2seq import decoded_metrics
     from ptjax.train import trainer
 
-    config_lib.validate(config)
+    run_lib.validate(config)
     if config.task != "seq2seq":
         raise config_lib.ConfigError(f"Config task={config.task!r}; the baseline needs seq2seq.")
     data_dir = trainer.default_data_dir(config)

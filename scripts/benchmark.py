@@ -278,8 +278,8 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     """(config, model, model config, family, params, state rng) as trainer.init_state makes them."""
     import jax
 
-    from ptjax import config as config_lib
     from ptjax import config_presets, models
+    from ptjax import run as run_lib
     from ptjax.train.state import init_params  # Not trainer's: no TensorFlow on this path.
 
     size = opts.size or DEFAULT_SIZES[opts.model]
@@ -299,7 +299,7 @@ def _ptjax_model(opts: Options) -> tuple[Any, ...]:
     config.parallelism.tensor = opts.tensor
     config.model.attention = opts.attention
     config.model.attention_dropout_rate = opts.attention_dropout
-    config_lib.validate(config)
+    run_lib.validate(config)
     model, model_config = models.build(config)
     family = models.MODELS[config.model.family]
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))

@@ -16,6 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ptjax import config as config_lib
+from ptjax import run as run_lib
 from ptjax import runtime
 
 FLAGS = flags.FLAGS
@@ -35,7 +36,7 @@ def main(argv):
 
     config = FLAGS.config
     try:
-        config_lib.validate(config)
+        run_lib.validate(config)
     except config_lib.ConfigError as e:
         sys.exit(f"ConfigError: {e}")
     result = estimate.estimate(config)

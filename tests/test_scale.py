@@ -12,6 +12,7 @@ from flax import traverse_util
 
 from ptjax import config as config_lib
 from ptjax import models
+from ptjax import run as run_lib
 from ptjax.config import base_config
 from ptjax.models import bert, gpt, t5
 from ptjax.tasks import TASKS
@@ -103,9 +104,9 @@ def test_num_microbatches_must_divide_the_batch():
     config.per_device_batch_size = 6
     config.num_microbatches = 4
     with pytest.raises(config_lib.ConfigError, match="num_microbatches=4 must divide"):
-        config_lib.validate(config)
+        run_lib.validate(config)
     config.num_microbatches = 3
-    config_lib.validate(config)
+    run_lib.validate(config)
 
 
 def test_scale_config_keys_are_checked():
@@ -115,12 +116,12 @@ def test_scale_config_keys_are_checked():
     config = base_config()
     config.parallelism.data = 0
     with pytest.raises(config_lib.ConfigError, match="parallelism.data"):
-        config_lib.validate(config)
+        run_lib.validate(config)
     config = base_config()
     config.parallelism.mode = "mesh"
-    config_lib.validate(config)
+    run_lib.validate(config)
     config.task, config.model.family = "extractive_qa", "bert"
-    config_lib.validate(config)  # Tasks with their own eval run on a mesh too.
+    run_lib.validate(config)  # Tasks with their own eval run on a mesh too.
 
 
 # --- Mixed precision and rematerialisation, all three families ------------------------------
@@ -248,7 +249,7 @@ def _estimator_config(**changes):
     config.per_device_batch_size = 4
     for key, value in changes.items():
         setattr(config, key, value)
-    config_lib.validate(config)
+    run_lib.validate(config)
     return config
 
 

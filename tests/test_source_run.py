@@ -9,9 +9,10 @@ import jax
 import pytest
 
 from ptjax import config_presets, models
-from ptjax.config import ConfigError, base_config, validate
+from ptjax.config import ConfigError, base_config
 from ptjax.data.tokenizer import train_tokenizer
 from ptjax.interop import import_hf
+from ptjax.run import validate
 from ptjax.train import source_run
 from ptjax.train.checkpoint import restore_matching_params
 from ptjax.train.state import init_params

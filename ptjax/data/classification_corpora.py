@@ -18,7 +18,7 @@ from typing import Any
 
 import importlib_resources
 
-from ptjax.data import corpora
+from ptjax.data import files
 from ptjax.data.tf_setup import import_tf
 
 tf = import_tf()
@@ -132,7 +132,7 @@ def _decode(data: bytes, path: str) -> str:
 
 def read_labeled(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of a CSV (header row) or JSONL file; blank JSONL lines skipped."""
-    with corpora._open(path) as f:
+    with files.open_file(path) as f:
         text = _decode(f.read(), path)
     if _format(path) == "csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -198,17 +198,15 @@ class LabeledTextFiles(tfds.core.GeneratorBasedBuilder):
         **kwargs: Any,
     ):
         patterns = {
-            "train": corpora._as_list(train_files),
-            "validation": corpora._as_list(validation_files),
-            "test": corpora._as_list(test_files),
+            "train": files.as_list(train_files),
+            "validation": files.as_list(validation_files),
+            "test": files.as_list(test_files),
         }
         if not patterns["train"]:
             raise ValueError("train_files is empty; give paths or globs of .csv/.jsonl files.")
         # Named by the config keys that set them (dataset.train_files/eval_files/test_files).
         keys = {"train": "train_files", "validation": "eval_files", "test": "test_files"}
-        self._paths = {
-            split: corpora._resolve(p, keys[split]) for split, p in patterns.items() if p
-        }
+        self._paths = {split: files.resolve(p, keys[split]) for split, p in patterns.items() if p}
         self._pair = any(
             record.get("text_b") is not None
             for paths in self._paths.values()
@@ -222,7 +220,7 @@ class LabeledTextFiles(tfds.core.GeneratorBasedBuilder):
             self._label_names = _sorted_labels(labels)
         key = json.dumps(
             {
-                "files": {s: corpora._fingerprint(p) for s, p in self._paths.items()},
+                "files": {s: files.fingerprint(p) for s, p in self._paths.items()},
                 "label_names": self._label_names,
             },
             sort_keys=True,

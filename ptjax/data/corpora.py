@@ -8,17 +8,17 @@ Local builders (`ptjax_bible`, `text_files`, the labelled `ptjax_spam` and `labe
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import lzma
-import os
 from collections.abc import Iterator, Sequence
 
 import importlib_resources
 import ml_collections
 from absl import logging
 
+from ptjax.data import classification_corpora, files, translation_corpora
+from ptjax.data.files import DataError  # noqa: F401 - the corpora's error, re-exported.
 from ptjax.data.tf_setup import import_tf
 
 tf = import_tf()
@@ -40,11 +40,8 @@ _DOWNLOAD_CONFIG = tfds.download.DownloadConfig(
 )
 
 
-class DataError(ValueError):
-    """Data that cannot be used as configured; the message names the file, line or key."""
-
-
-def _is_holdout(index: int) -> bool:
+def is_holdout(index: int) -> bool:
+    """Whether document `index` of a local corpus is held out for validation (1 in 20)."""
     return index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
 
 
@@ -93,54 +90,8 @@ class PtjaxBible(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, passages: list[str], validation: bool) -> Iterator:
         for index, passage in enumerate(passages):
-            if _is_holdout(index) == validation:
+            if is_holdout(index) == validation:
                 yield index, {"text": passage}
-
-
-def _as_list(files: Sequence[str] | str) -> list[str]:
-    """Paths or globs from a list or a comma-separated string; blanks dropped."""
-    if isinstance(files, str):
-        files = files.split(",")
-    return [f.strip() for f in files if f.strip()]
-
-
-def _resolve(patterns: Sequence[str], key: str) -> list[str]:
-    """Expands globs to a sorted, de-duplicated file list; a missing path or empty glob raises."""
-    paths = []
-    for pattern in patterns:
-        remote = "://" in pattern
-        if any(c in pattern for c in "*?["):
-            matches = sorted(tf.io.gfile.glob(pattern) if remote else glob.glob(pattern))
-            matches = [m for m in matches if not tf.io.gfile.isdir(m)]
-            if not matches:
-                raise FileNotFoundError(f"dataset.{key}: glob {pattern!r} matches no files.")
-        else:
-            if not tf.io.gfile.exists(pattern):
-                raise FileNotFoundError(f"dataset.{key}: file {pattern!r} does not exist.")
-            if tf.io.gfile.isdir(pattern):
-                raise IsADirectoryError(
-                    f"dataset.{key}: {pattern!r} is a directory; give files or a glob like "
-                    f"'{pattern.rstrip('/')}/*.txt'."
-                )
-            matches = [pattern]
-        for match in matches:
-            path = match if remote else os.path.abspath(match)
-            if path not in paths:
-                paths.append(path)
-    return paths
-
-
-def _fingerprint(paths: Sequence[str]) -> list:
-    """(path, size, mtime) of each file, so edited files change the builder config name."""
-    out = []
-    for path in paths:
-        stat = tf.io.gfile.stat(path)
-        out.append([path, stat.length, stat.mtime_nsec])
-    return out
-
-
-def _open(path: str):
-    return tf.io.gfile.GFile(path, "rb") if "://" in path else open(path, "rb")
 
 
 def _decode(data: bytes, path: str, line_number: int) -> str:
@@ -197,7 +148,7 @@ def read_documents(
     too_long = too_long if too_long is not None else [0]
     limit = MAX_DOCUMENT_BYTES
     for path in paths:
-        with _open(path) as f:
+        with files.open_file(path) as f:
             if document_per == "file":
                 data = f.read(limit + 1)
                 if len(data) > limit:
@@ -244,19 +195,19 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
     ):
         if document_per not in ("line", "file"):
             raise DataError(f"dataset.document_per={document_per!r}; expected 'line' or 'file'.")
-        train_patterns = _as_list(train_files)
+        train_patterns = files.as_list(train_files)
         if not train_patterns:
             raise DataError("dataset.train_files is empty; give paths or globs of text files.")
         self._train_patterns = train_patterns
-        self._eval_patterns = _as_list(eval_files)
-        self._train_paths = _resolve(train_patterns, "train_files")
-        self._eval_paths = _resolve(self._eval_patterns, "eval_files")
+        self._eval_patterns = files.as_list(eval_files)
+        self._train_paths = files.resolve(train_patterns, "train_files")
+        self._eval_paths = files.resolve(self._eval_patterns, "eval_files")
         self._document_per = document_per
         key = json.dumps(
             {
                 "document_per": document_per,
-                "train": _fingerprint(self._train_paths),
-                "eval": _fingerprint(self._eval_paths),
+                "train": files.fingerprint(self._train_paths),
+                "eval": files.fingerprint(self._eval_paths),
             },
             sort_keys=True,
         )
@@ -334,7 +285,7 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, paths: Sequence[str], keep: str, num_docs: int) -> Iterator:
         for index, text in enumerate(read_documents(paths, self._document_per)):
             small = 2 <= num_docs < HOLDOUT_EVERY  # Hold out the last document then.
-            held_out = _is_holdout(index) or (small and index == num_docs - 1)
+            held_out = is_holdout(index) or (small and index == num_docs - 1)
             if keep == "all" or held_out == (keep == "validation"):
                 yield index, {"text": text}
 
@@ -358,8 +309,6 @@ def get_builder(
             data_dir=data_dir,
         )
     elif name in ("ptjax_spam", "labeled_files"):
-        from ptjax.data import classification_corpora  # Here: that module imports this one.
-
         if name == "ptjax_spam":
             builder = classification_corpora.SpamAssassin(data_dir=data_dir)
         else:
@@ -375,8 +324,6 @@ def get_builder(
                 data_dir=data_dir,
             )
     elif name in PAIR_DATASETS:
-        from ptjax.data import translation_corpora  # Here: that module imports this one.
-
         if name == "ptjax_en_es":
             builder = translation_corpora.PtjaxEnEs(data_dir=data_dir)
         else:

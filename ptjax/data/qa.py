@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 import ml_collections
 import numpy as np
 
-from ptjax.data import classification_corpora, corpora, mlm, pipeline
+from ptjax.data import classification_corpora, corpora, files, mlm, pipeline
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import Tokenizer
 
@@ -93,16 +93,16 @@ class QAFeature:
 def check_answers(example: QAExample, where: str) -> None:
     """Raises DataError (naming `where` and the example) unless each answer is at its start."""
     if not example.answers:
-        raise corpora.DataError(f"{where}: example {example.id!r} has no answers.")
+        raise files.DataError(f"{where}: example {example.id!r} has no answers.")
     if len(example.answers) != len(example.answer_starts):
-        raise corpora.DataError(
+        raise files.DataError(
             f"{where}: example {example.id!r} has {len(example.answers)} answer texts but "
             f"{len(example.answer_starts)} answer_starts."
         )
     for text, start in zip(example.answers, example.answer_starts, strict=True):
         found = example.context[start : start + len(text)] if start >= 0 else ""
         if not text or found != text:
-            raise corpora.DataError(
+            raise files.DataError(
                 f"{where}: example {example.id!r}: answer {text!r} is not at answer_start={start} "
                 f"of its context (the context there reads {found!r})."
             )
@@ -114,7 +114,7 @@ def check_answers(example: QAExample, where: str) -> None:
 
 def _text(value: object, key: str, where: str) -> str:
     if not isinstance(value, str):
-        raise corpora.DataError(
+        raise files.DataError(
             f"{where}: field {key!r} is {type(value).__name__}, expected a string."
         )
     return value
@@ -124,20 +124,20 @@ def _record_example(record: dict, where: str) -> QAExample:
     """A QAExample from one JSONL object; raises DataError naming `where` (file:line)."""
     for key in ("id", "question", "context", "answers"):
         if record.get(key) is None:
-            raise corpora.DataError(f"{where}: missing field {key!r}.")
+            raise files.DataError(f"{where}: missing field {key!r}.")
     qid = record["id"]
     if isinstance(qid, bool) or not isinstance(qid, (str, int)):
-        raise corpora.DataError(f"{where}: id {qid!r} is not a string or integer.")
+        raise files.DataError(f"{where}: id {qid!r} is not a string or integer.")
     answers = record["answers"]
     if not isinstance(answers, list) or not answers:
-        raise corpora.DataError(
+        raise files.DataError(
             f"{where}: 'answers' must be a non-empty list of {{'text', 'answer_start'}} objects."
         )
     texts, starts = [], []
     for answer in answers:
         start = answer.get("answer_start") if isinstance(answer, dict) else None
         if isinstance(start, bool) or not isinstance(start, int):
-            raise corpora.DataError(
+            raise files.DataError(
                 f"{where}: answer {answer!r} needs 'text' (string) and 'answer_start' (integer)."
             )
         texts.append(_text(answer.get("text"), "answers.text", where))
@@ -158,7 +158,7 @@ def read_qa_jsonl(paths: Sequence[str]) -> list[QAExample]:
     examples, seen = [], {}
     for path in paths:
         if os.path.splitext(path)[1].lower() not in (".jsonl", ".json"):
-            raise corpora.DataError(
+            raise files.DataError(
                 f"{path}: qa_files reads JSONL (.jsonl), one object per line with id, question, "
                 "context and answers: [{text, answer_start}]."
             )
@@ -166,7 +166,7 @@ def read_qa_jsonl(paths: Sequence[str]) -> list[QAExample]:
             where = f"{path}:{line}"
             example = _record_example(record, where)
             if example.id in seen:
-                raise corpora.DataError(
+                raise files.DataError(
                     f"{where}: id {example.id!r} was already used at {seen[example.id]}."
                 )
             seen[example.id] = where
@@ -183,7 +183,7 @@ def _tfds_examples(
     features = builder.info.features
     missing = [key for key in SQUAD_FEATURES if key not in features]
     if missing:
-        raise corpora.DataError(
+        raise files.DataError(
             f"dataset.name={name!r} has no features {missing}; extractive QA reads SQuAD's "
             f"{list(SQUAD_FEATURES)} (answers with text and answer_start)."
         )
@@ -232,22 +232,22 @@ def load_examples(
     if name == "qa_files":
         key = QA_FILES_SPLITS.get(split)
         if key is None:
-            raise corpora.DataError(
+            raise files.DataError(
                 f"dataset.name='qa_files' has splits {sorted(QA_FILES_SPLITS)} (from "
                 f"{', '.join('dataset.' + k for k in QA_FILES_SPLITS.values())}); got {split!r}."
             )
-        patterns = corpora._as_list(config_dataset[key])
+        patterns = files.as_list(config_dataset[key])
         if not patterns:
-            raise corpora.DataError(
+            raise files.DataError(
                 f"Split {split!r} of dataset 'qa_files' needs dataset.{key} (JSONL paths or globs)."
             )
-        examples = read_qa_jsonl(corpora._resolve(patterns, key))
+        examples = read_qa_jsonl(files.resolve(patterns, key))
     elif name == "ptjax_qa_demo":
         examples = demo_examples(split)
     else:
         return _tfds_examples(config_dataset, split, data_dir, shard)
     if not examples:
-        raise corpora.DataError(f"Split {split!r} of dataset {name!r} has no examples.")
+        raise files.DataError(f"Split {split!r} of dataset {name!r} has no examples.")
     return _shard(examples, shard)
 
 
@@ -305,13 +305,13 @@ def demo_examples(split: str) -> list[QAExample]:
     """`ptjax_qa_demo`: learnable questions on ptjax_bible's passages of the same split (train:
     2 per passage, validation: 1), deterministic."""
     if split not in DEMO_SPLITS:
-        raise corpora.DataError(
+        raise files.DataError(
             f"Dataset 'ptjax_qa_demo' has splits {sorted(DEMO_SPLITS)}; got {split!r}."
         )
     per_passage, seed = DEMO_SPLITS[split]
     validation = split == "validation"
     passages = [
-        p for i, p in enumerate(corpora.bible_passages()) if corpora._is_holdout(i) == validation
+        p for i, p in enumerate(corpora.bible_passages()) if corpora.is_holdout(i) == validation
     ]
     return make_learnable_qa(passages, per_passage * len(passages), seed)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import importlib_resources
 
-from ptjax.data import corpora
+from ptjax.data import files
 from ptjax.data.tf_setup import import_tf
 
 tf = import_tf()
@@ -97,13 +97,13 @@ class PtjaxEnEs(tfds.core.GeneratorBasedBuilder):
 
 def read_pairs(path: str) -> Iterator[tuple[int, str, str]]:
     """(line number, inputs, targets) of a JSONL file; blank lines skipped; errors name the line."""
-    with corpora._open(path) as f:
+    with files.open_file(path) as f:
         data = f.read()
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = 1 + data.count(b"\n", 0, e.start)
-        raise corpora.DataError(
+        raise files.DataError(
             f"{path}:{line}: invalid UTF-8 byte {data[e.start : e.start + 1]!r}; seq2seq_files "
             "must be UTF-8."
         ) from None
@@ -115,19 +115,19 @@ def read_pairs(path: str) -> Iterator[tuple[int, str, str]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise corpora.DataError(f"{where}: invalid JSON ({e.msg}).") from None
+            raise files.DataError(f"{where}: invalid JSON ({e.msg}).") from None
         if not isinstance(record, dict):
-            raise corpora.DataError(f"{where}: expected a JSON object per line.")
+            raise files.DataError(f"{where}: expected a JSON object per line.")
         values = []
         for key in ("inputs", "targets"):
             value = record.get(key)
             if value is None:
-                raise corpora.DataError(
+                raise files.DataError(
                     f"{where}: missing field {key!r}; seq2seq_files lines are "
                     '{"inputs": "...", "targets": "..."}.'
                 )
             if not isinstance(value, str):
-                raise corpora.DataError(
+                raise files.DataError(
                     f"{where}: field {key!r} is {type(value).__name__}, expected a string."
                 )
             values.append(value)
@@ -156,28 +156,26 @@ class Seq2SeqFiles(tfds.core.GeneratorBasedBuilder):
         **kwargs: Any,
     ):
         patterns = {
-            "train": corpora._as_list(train_files),
-            "validation": corpora._as_list(validation_files),
-            "test": corpora._as_list(test_files),
+            "train": files.as_list(train_files),
+            "validation": files.as_list(validation_files),
+            "test": files.as_list(test_files),
         }
         if not patterns["train"]:
-            raise corpora.DataError(
+            raise files.DataError(
                 "dataset.name='seq2seq_files' needs dataset.train_files (JSONL paths or globs)."
             )
         self._paths = {
-            split: corpora._resolve(p, SEQ2SEQ_FILES_SPLITS[split])
+            split: files.resolve(p, SEQ2SEQ_FILES_SPLITS[split])
             for split, p in patterns.items()
             if p
         }
         for split, paths in self._paths.items():
             if not any(True for path in paths for _ in read_pairs(path)):
-                raise corpora.DataError(
+                raise files.DataError(
                     f"dataset.{SEQ2SEQ_FILES_SPLITS[split]}: {paths} hold no (inputs, targets) "
                     "pairs."
                 )
-        key = json.dumps(
-            {s: corpora._fingerprint(p) for s, p in self._paths.items()}, sort_keys=True
-        )
+        key = json.dumps({s: files.fingerprint(p) for s, p in self._paths.items()}, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         config = tfds.core.BuilderConfig(
             name=f"files_{digest}",

@@ -38,11 +38,12 @@ from typing import Any
 import ml_collections
 
 from ptjax import config_presets, models
-from ptjax.config import load_run_config, validate
+from ptjax.config import load_run_config
 from ptjax.data import tokenizer as tokenizer_lib
 from ptjax.interop import hf_bert, hf_gpt2, hf_pooling, hf_t5, hf_tokenizers, hf_weights
 from ptjax.interop.tensor_map import ConversionError
 from ptjax.models import scan
+from ptjax.run import validate
 
 # Hugging Face model_type -> its mapping module; ptjax family -> the same modules.
 KINDS: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (hf_bert, hf_gpt2, hf_t5)}

@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
+from ptjax.errors import ConfigError
 from ptjax.models import bert, gpt, t5
 
 # Run-config keys (model.<key>, 0: the named size's) that override a size's shape.
@@ -74,8 +75,6 @@ class ModelFamily:
         return self.heads.get(task, self.module)
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
-        from ptjax.config import ConfigError
-
         cfg = self.make_config(config)
         if self.heads_divide_width and cfg.d_model % cfg.num_heads:
             raise ConfigError(

@@ -19,6 +19,8 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from ptjax.errors import ConfigError
+
 if TYPE_CHECKING:
     from ptjax.train.parallel import Parallel
 
@@ -49,8 +51,6 @@ class ExtractiveQA:
         return self._features[key]
 
     def setup(self, config: ml_collections.ConfigDict, *, data_dir: str) -> dict[str, Any]:
-        from ptjax.config import ConfigError
-
         del data_dir
         if config.dataset.max_eval_batches:
             raise ConfigError(

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from ptjax import backend
+from ptjax.errors import ConfigError
 from ptjax.models import attention
 
 AXIS = "batch"
@@ -222,7 +223,6 @@ def attention_on(kernel: str, mesh: jax.sharding.Mesh | None) -> attention.Choic
 def _create(parallelism: Any) -> Parallel:
     if parallelism.mode == "pmap":
         return Parallel()
-    from ptjax.config import ConfigError
     from ptjax.train import sharding
 
     fsdp, tensor = parallelism.fsdp, parallelism.tensor

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 
 from ptjax import backend, models, tasks
 from ptjax import config as config_lib
+from ptjax import run as run_lib
 from ptjax.data import corpora
 from ptjax.data.tokenizer import (
     Tokenizer,
@@ -365,10 +366,10 @@ def train_and_evaluate(
     later call resumes exactly); the schedule still follows config.total_steps. SIGTERM or
     SIGINT does the same after the current step and sets result['preempted'].
     """
-    config_lib.validate(config)
+    run_lib.validate(config)
     config, taken = source_run.adopt_source_shape(config, workdir)
     if taken:
-        config_lib.validate(config)
+        run_lib.validate(config)
         if jax.process_index() == 0:
             logging.info(
                 "From init_checkpoint's run %s: %s.",

@@ -1,0 +1,231 @@
+"""A run: its workdir's layout, config, tokenizer, model, checkpoints and the facts recorded
+when it starts; and the full validation of a run's config.
+
+    run = Run.open("runs/spam")             # config.json, run.json and the tokenizer
+    model, _ = run.build()                  # the model with the run's head
+    params = run.restore_params(model, "best")
+    generator = run.generator()             # or TextClassifier/QuestionAnswerer.from_workdir
+
+A workdir holds config.json (the run's config), run.json (`RUN_FILE`: family, task, label
+names, input prefix, tokenizer; written by the trainer's process 0 when the run starts, so that
+inference needs neither the training data nor the task's set-up), tokenizer/ (the run's own
+tokenizer, unless tokenizer.path names one), checkpoints/<step>/ and best/<step>/ (Orbax), and
+TensorBoard events. Opening a run never writes to it.
+
+`validate` checks a config against the schema (ptjax.config) and the model and task
+registries. It lives here and not in ptjax.config, so that the config stays a leaf that models,
+data and tasks read without importing the registries that import them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+
+from ptjax import config as config_lib
+from ptjax import models, tasks
+from ptjax.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_file
+from ptjax.errors import ConfigError
+from ptjax.train.checkpoint import restore_params
+from ptjax.train.state import init_params
+
+RUN_FILE = "run.json"
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first key that cannot work: the schema's checks, then the
+    task, model family and size against the registries, the family's own checks, and what
+    depends on the model's shape."""
+    config_lib.check_schema(config)
+    if config.task not in tasks.TASKS:
+        raise ConfigError(f"Config key task={config.task!r}; known tasks: {sorted(tasks.TASKS)}.")
+    family = models.MODELS.get(config.model.family)
+    if family is None:
+        raise ConfigError(
+            f"Config key model.family={config.model.family!r}; known: {sorted(models.MODELS)}."
+        )
+    if config.model.size not in family.sizes:
+        raise ConfigError(
+            f"Config key model.size={config.model.size!r} for family {config.model.family!r}; "
+            f"known sizes: {sorted(family.sizes)}."
+        )
+    task = tasks.TASKS[config.task]
+    if config.model.family not in task.families:
+        raise ConfigError(
+            f"Config key model.family={config.model.family!r} cannot run task={config.task!r}; "
+            f"that task takes {', '.join(task.families)}."
+        )
+    family.validate(config)
+    max_len = family.make_config(config).max_len
+    if config.sample_every_steps and config.sample_max_new_tokens >= max_len:
+        raise ConfigError(
+            f"Config key sample_max_new_tokens={config.sample_max_new_tokens} must lie in "
+            f"[1, {max_len - 1}]: a sample (prompt included) fits the model's max_len={max_len}."
+        )
+
+
+def default_data_dir(config: ml_collections.ConfigDict) -> str:
+    """dataset.data_dir, else TFDS_DATA_DIR, else TFDS's own default."""
+    if config.dataset.data_dir:
+        return config.dataset.data_dir
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """tokenizer.path, else the run's own: tokenizer/spm.model, or tokenizer/tokenizer.json for a
+    Hugging Face import (ptjax.interop)."""
+    return config.tokenizer.path or tokenizer_file(os.path.join(workdir, "tokenizer"))
+
+
+def input_prefix(config: ml_collections.ConfigDict) -> str:
+    """The text a seq2seq run's dataset puts before every input ('' for other runs)."""
+    if config.task != "seq2seq":
+        return ""
+    from ptjax.data import corpora, seq2seq_pipeline  # TensorFlow: only for seq2seq runs.
+
+    if seq2seq_pipeline.option(config, "inputs_key") or seq2seq_pipeline.is_qa(config):
+        return ""  # Chosen fields get no prefix; QA inputs are "question: ... context: ...".
+    known = seq2seq_pipeline.KNOWN_PAIRS.get(corpora.base_name(config.dataset.name))
+    return known.prefix if known else ""
+
+
+def resolve_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[str, int]:
+    """(step directory, step) for 'latest', 'best', a step number, or a path."""
+    root = epath.Path(workdir)
+    if checkpoint in ("latest", "best"):
+        directory = root / ("checkpoints" if checkpoint == "latest" else "best")
+        steps_found = sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit())
+        if not steps_found:
+            what = "checkpoints" if checkpoint == "latest" else "best checkpoint (set best_metric)"
+            raise FileNotFoundError(f"{workdir!r} holds no {what} in {directory}.")
+        return str(directory / str(steps_found[-1])), steps_found[-1]
+    if checkpoint.isdigit():
+        path = root / "checkpoints" / checkpoint
+        if not path.exists():
+            raise FileNotFoundError(f"{workdir!r} has no checkpoint step {checkpoint} ({path}).")
+        return str(path), int(checkpoint)
+    path = epath.Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint={checkpoint!r} does not exist.")
+    return str(path), int(path.name) if path.name.isdigit() else -1
+
+
+def run_facts(
+    config: ml_collections.ConfigDict, tokenizer: str, label_names: list[str] | None
+) -> dict[str, Any]:
+    """What RUN_FILE records of a run: what inference needs without the data or the task."""
+    return {
+        "family": config.model.family,
+        "task": config.task,
+        "label_names": list(label_names) if label_names is not None else None,
+        "input_prefix": input_prefix(config),
+        "tokenizer": tokenizer,
+    }
+
+
+def write_run_file(workdir: str, facts: dict[str, Any]) -> None:
+    """Writes RUN_FILE atomically (a temporary file renamed over it); process 0 calls it."""
+    path = epath.Path(workdir) / RUN_FILE
+    tmp = epath.Path(workdir) / (RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps(facts, indent=2) + "\n")
+    tmp.rename(path)
+
+
+def read_run_file(workdir: str) -> dict[str, Any]:
+    """RUN_FILE's facts; {} for a run started before ptjax wrote it. A corrupt file is an error
+    that names it."""
+    path = epath.Path(workdir) / RUN_FILE
+    if not path.exists():
+        return {}
+    try:
+        facts = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it records the run's facts.") from e
+    if not isinstance(facts, dict):
+        raise ValueError(f"{path} holds {type(facts).__name__}, not an object of run facts.")
+    return facts
+
+
+class Run:
+    """An existing run, opened read-only from its workdir (see the module docstring)."""
+
+    def __init__(
+        self,
+        workdir: str,
+        config: ml_collections.ConfigDict,
+        tokenizer: Tokenizer,
+        facts: dict[str, Any],
+    ):
+        self.workdir = workdir
+        self.config = config
+        self.tokenizer = tokenizer
+        self.facts = facts
+
+    @classmethod
+    def open(cls, workdir: str) -> Run:
+        config = config_lib.load_run_config(workdir)
+        tokenizer = load_tokenizer(tokenizer_path(config, workdir))
+        return cls(workdir, config, tokenizer, read_run_file(workdir))
+
+    @property
+    def family(self) -> models.ModelFamily:
+        return models.MODELS[self.config.model.family]
+
+    @property
+    def input_prefix(self) -> str:
+        return self.facts.get("input_prefix", input_prefix(self.config))
+
+    def label_names(self) -> list[str]:
+        """A classification run's class names: RUN_FILE's; for a run started before ptjax
+        wrote it, read from its dataset."""
+        names = self.facts.get("label_names")
+        if names is not None:
+            return list(names)
+        from ptjax.data import encoder_pipeline  # TensorFlow: only for runs without RUN_FILE.
+
+        return encoder_pipeline.label_names(self.config, default_data_dir(self.config))
+
+    def build(self, **head_kwargs: Any) -> tuple[Any, Any]:
+        """(model, model config) of the run; a classification run's head from its labels."""
+        if self.config.task == "classification" and "num_labels" not in head_kwargs:
+            head_kwargs["num_labels"] = len(self.label_names())
+        return models.build(self.config, self.tokenizer.vocab_size, **head_kwargs)
+
+    def checkpoint(self, which: str = "latest") -> tuple[str, int]:
+        """(step directory, step) of 'latest', 'best', a step number, or a path."""
+        return resolve_checkpoint(self.workdir, which)
+
+    def restore_params(self, model: Any, which: str = "latest", shardings: Any = None) -> Any:
+        """The parameters of checkpoint `which` for `model` (only they are read)."""
+        abstract = jax.eval_shape(
+            functools.partial(init_params, self.config, model), jax.random.PRNGKey(0)
+        )
+        return restore_params(self.checkpoint(which)[0], abstract, shardings)
+
+    def generator(self, which: str | None = None) -> Any:
+        """A ptjax.decoding.Generator of the run's latest checkpoint (or `which`: 'best', a
+        step or a step directory), its parameters on the first local device."""
+        from ptjax.decoding.generator import Generator
+
+        model, _ = self.build()
+        if self.family.decode_fns is None:
+            raise ValueError(f"Model family {self.config.model.family!r} cannot generate text.")
+        first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        params = self.restore_params(
+            model, which or "latest", lambda tree: jax.tree.map(lambda _: first, tree)
+        )
+        return Generator(
+            model,
+            params,
+            self.tokenizer,
+            self.family,
+            input_prefix=self.input_prefix,
+            kernels=self.config.model.kernels,
+            attention_setting=self.config.model.attention,
+        )
