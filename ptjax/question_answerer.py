@@ -19,12 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from ptjax import models
-from ptjax.config import load_run_config
-from ptjax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer
-from ptjax.train import trainer
-from ptjax.train.checkpoint import restore_params
-from ptjax.train.evaluator import resolve_checkpoint
+from ptjax.data.tokenizer import Tokenizer, check_vocab
+from ptjax.run import Run
 
 
 class QuestionAnswerer:
@@ -38,16 +34,13 @@ class QuestionAnswerer:
     @classmethod
     def from_workdir(cls, workdir: str, checkpoint: str = "latest") -> QuestionAnswerer:
         """The run's model at `checkpoint` ('latest', 'best', a step or a step directory)."""
-        config = load_run_config(workdir)
-        if config.task != "extractive_qa":
-            raise ValueError(f"{workdir!r} holds a {config.task!r} run, not an extractive_qa one.")
-        tokenizer = load_tokenizer(trainer.tokenizer_path(config, workdir))
-        model, _ = models.build(config, tokenizer.vocab_size)
-        abstract = jax.eval_shape(
-            functools.partial(trainer.init_params, config, model), jax.random.PRNGKey(0)
-        )
-        path, _ = resolve_checkpoint(workdir, checkpoint)
-        return cls(model, restore_params(path, abstract), tokenizer, config)
+        run = Run.open(workdir)
+        if run.config.task != "extractive_qa":
+            raise ValueError(
+                f"{workdir!r} holds a {run.config.task!r} run, not an extractive_qa one."
+            )
+        model, _ = run.build()
+        return cls(model, run.restore_params(model, checkpoint), run.tokenizer, run.config)
 
     def __call__(self, *, question: str, context: str) -> dict[str, Any]:
         """The best answer span: {'answer', 'score', 'start', 'end'} ('' and None if none)."""

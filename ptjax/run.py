@@ -84,15 +84,8 @@ def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def input_prefix(config: ml_collections.ConfigDict) -> str:
-    """The text a seq2seq run's dataset puts before every input ('' for other runs)."""
-    if config.task != "seq2seq":
-        return ""
-    from ptjax.data import corpora, seq2seq_pipeline  # TensorFlow: only for seq2seq runs.
-
-    if seq2seq_pipeline.option(config, "inputs_key") or seq2seq_pipeline.is_qa(config):
-        return ""  # Chosen fields get no prefix; QA inputs are "question: ... context: ...".
-    known = seq2seq_pipeline.KNOWN_PAIRS.get(corpora.base_name(config.dataset.name))
-    return known.prefix if known else ""
+    """The text the run's dataset puts before every input (the task's `input_prefix`)."""
+    return tasks.TASKS[config.task]().input_prefix(config)
 
 
 def resolve_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[str, int]:
@@ -117,9 +110,15 @@ def resolve_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[str, i
 
 
 def run_facts(
-    config: ml_collections.ConfigDict, tokenizer: str, label_names: list[str] | None
+    config: ml_collections.ConfigDict,
+    tokenizer: str,
+    label_names: list[str] | None,
+    workdir: str | None = None,
 ) -> dict[str, Any]:
-    """What RUN_FILE records of a run: what inference needs without the data or the task."""
+    """What RUN_FILE records of a run: what inference needs without the data or the task. The
+    tokenizer's path is relative to `workdir` when it lies inside it."""
+    if workdir and os.path.abspath(tokenizer).startswith(os.path.abspath(workdir) + os.sep):
+        tokenizer = os.path.relpath(os.path.abspath(tokenizer), os.path.abspath(workdir))
     return {
         "family": config.model.family,
         "task": config.task,
@@ -134,7 +133,7 @@ def write_run_file(workdir: str, facts: dict[str, Any]) -> None:
     path = epath.Path(workdir) / RUN_FILE
     tmp = epath.Path(workdir) / (RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(facts, indent=2) + "\n")
-    tmp.rename(path)
+    tmp.replace(path)  # Over an earlier one (a resumed run).
 
 
 def read_run_file(workdir: str) -> dict[str, Any]:
@@ -181,21 +180,26 @@ class Run:
     def input_prefix(self) -> str:
         return self.facts.get("input_prefix", input_prefix(self.config))
 
-    def label_names(self) -> list[str]:
-        """A classification run's class names: RUN_FILE's; for a run started before ptjax
-        wrote it, read from its dataset."""
-        names = self.facts.get("label_names")
-        if names is not None:
-            return list(names)
-        from ptjax.data import encoder_pipeline  # TensorFlow: only for runs without RUN_FILE.
+    def task_facts(self) -> dict[str, Any]:
+        """What the task's set-up found (Task.run_facts): RUN_FILE's; for a run started before
+        ptjax wrote it, the task is set up again on the run's data."""
+        if "label_names" in self.facts:
+            return {"label_names": self.facts["label_names"]}
+        task = tasks.TASKS[self.config.task]()
+        task.setup(self.config, data_dir=default_data_dir(self.config))
+        return task.run_facts()
 
-        return encoder_pipeline.label_names(self.config, default_data_dir(self.config))
+    def label_names(self) -> list[str]:
+        """A classification run's class names ([] for a task without labels)."""
+        return list(self.task_facts().get("label_names") or [])
 
     def build(self, **head_kwargs: Any) -> tuple[Any, Any]:
-        """(model, model config) of the run; a classification run's head from its labels."""
-        if self.config.task == "classification" and "num_labels" not in head_kwargs:
-            head_kwargs["num_labels"] = len(self.label_names())
-        return models.build(self.config, self.tokenizer.vocab_size, **head_kwargs)
+        """(model, model config) of the run, its head sized as the task's set-up sized it."""
+        task = tasks.TASKS[self.config.task]()
+        known = task.head_kwargs(self.config)
+        if known is None:  # The data told the run: its facts say what it found.
+            known = task.inference_head(self.task_facts())
+        return models.build(self.config, self.tokenizer.vocab_size, **{**known, **head_kwargs})
 
     def checkpoint(self, which: str = "latest") -> tuple[str, int]:
         """(step directory, step) of 'latest', 'best', a step number, or a path."""

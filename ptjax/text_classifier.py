@@ -18,12 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from ptjax import models
-from ptjax.config import load_run_config
-from ptjax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer
-from ptjax.train import trainer
-from ptjax.train.checkpoint import restore_params
-from ptjax.train.evaluator import resolve_checkpoint
+from ptjax.data.tokenizer import Tokenizer, check_vocab
+from ptjax.run import Run
 
 
 class TextClassifier:
@@ -50,19 +46,15 @@ class TextClassifier:
     @classmethod
     def from_workdir(cls, workdir: str, checkpoint: str = "latest") -> TextClassifier:
         """The run's model at `checkpoint` ('latest', 'best', a step or a step directory)."""
-        config = load_run_config(workdir)
-        if config.task != "classification":
-            raise ValueError(f"{workdir!r} holds a {config.task!r} run, not a classification one.")
-        from ptjax.data import encoder_pipeline
-
-        label_names = encoder_pipeline.label_names(config, trainer.default_data_dir(config))
-        tokenizer = load_tokenizer(trainer.tokenizer_path(config, workdir))
-        model, _ = models.build(config, tokenizer.vocab_size, num_labels=len(label_names))
-        abstract = jax.eval_shape(
-            functools.partial(trainer.init_params, config, model), jax.random.PRNGKey(0)
-        )
-        path, _ = resolve_checkpoint(workdir, checkpoint)
-        return cls(model, restore_params(path, abstract), tokenizer, label_names, config.seq_len)
+        run = Run.open(workdir)
+        if run.config.task != "classification":
+            raise ValueError(
+                f"{workdir!r} holds a {run.config.task!r} run, not a classification one."
+            )
+        label_names = run.label_names()  # run.json's: the training data is not needed.
+        model, _ = run.build(num_labels=len(label_names))
+        params = run.restore_params(model, checkpoint)
+        return cls(model, params, run.tokenizer, label_names, run.config.seq_len)
 
     def predict_proba(
         self, texts: Sequence[str], text_pairs: Sequence[str] | None = None

@@ -25,9 +25,9 @@ import numpy as np
 from absl import logging
 
 from ptjax import models
-from ptjax.config import load_run_config
-from ptjax.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_file
+from ptjax.data.tokenizer import Tokenizer
 from ptjax.interop import hf_pooling
+from ptjax.run import Run
 
 _LENGTH_BUCKET = 32  # Batches are padded to a multiple of this many tokens: few compiled shapes.
 
@@ -115,9 +115,9 @@ class TextEmbedder:
         directory); pooling, normalize and max_len default to the run's sentence-transformers
         settings (see the module docstring)."""
         from ptjax.train.checkpoint import restore_matching_params
-        from ptjax.train.evaluator import resolve_checkpoint
 
-        config = load_run_config(workdir)
+        run = Run.open(workdir)
+        config, tokenizer = run.config, run.tokenizer
         if config.model.family != "bert":
             raise ValueError(
                 f"{workdir!r} holds a {config.model.family!r} model; sentence embeddings come "
@@ -128,15 +128,12 @@ class TextEmbedder:
         pooling = pooling or settings.get("pooling") or ("mean",)
         normalize = settings.get("normalize", False) if normalize is None else normalize
         max_len = max_len or settings.get("max_len", 0)
-        tokenizer = load_tokenizer(
-            config.tokenizer.path or tokenizer_file(os.path.join(workdir, "tokenizer"))
-        )
         model_config = models.MODELS["bert"].make_config(config, tokenizer.vocab_size)
         encoder = models.bert.Bert(model_config)
         dummy = jnp.zeros((1, 2), jnp.int32)
         abstract = jax.eval_shape(encoder.init, jax.random.PRNGKey(0), dummy)["params"]
         fresh = {"bert": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)}
-        path, _ = resolve_checkpoint(workdir, checkpoint)
+        path, _ = run.checkpoint(checkpoint)
         restored = restore_matching_params(path, fresh)
         if restored.fresh:
             raise ValueError(

@@ -32,7 +32,6 @@ def run(config, split: str) -> dict:
     from ptjax import config as config_lib
     from ptjax import run as run_lib
     from ptjax.data import seq2seq_pipeline
-    from ptjax.decoding.generator import run_input_prefix
     from ptjax.evaluation import text_metrics
     from ptjax.tasks.seq2seq import decoded_metrics
     from ptjax.train import trainer
@@ -44,7 +43,7 @@ def run(config, split: str) -> dict:
     config.dataset.max_eval_batches = 0  # The whole split.
     inputs, _ = seq2seq_pipeline.seq2seq_eval_texts(config, split=split, data_dir=data_dir)
     references = seq2seq_pipeline.seq2seq_eval_references(config, split=split, data_dir=data_dir)
-    prefix = run_input_prefix(config)  # What load_pairs put before every input.
+    prefix = run_lib.input_prefix(config)  # What load_pairs put before every input.
     predictions = [text.removeprefix(prefix) for text in inputs]
     result: dict = {"split": split, "examples": len(predictions), "prefix_removed": prefix}
     for name in decoded_metrics(config):

@@ -45,12 +45,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     runtime.initialize(workload="decode")  # XLA:CPU tuned for small per-token matmuls.
-    from ptjax.decoding.generator import Generator
+    from ptjax.run import Run
     from ptjax.train import trainer
 
     prompts = read_prompts()
     try:
-        generator = Generator.from_workdir(FLAGS.workdir, FLAGS.checkpoint)
+        generator = Run.open(FLAGS.workdir).generator(FLAGS.checkpoint)
         completions = []
         for start in range(0, len(prompts), FLAGS.batch_size):
             completions += generator.generate(

@@ -17,7 +17,7 @@ from test_train_e2e import read_scalars, snapshot
 from ptjax import QuestionAnswerer, TextClassifier
 from ptjax.config import ConfigError, load_run_config
 from ptjax.config_presets import bert_classification_config, bert_config, bert_qa_config
-from ptjax.data import classification_corpora
+from ptjax.data import classification_corpora, encoder_pipeline
 from ptjax.train import checkpoint, evaluator, trainer
 
 SPAM_TEST_EXAMPLES = 528
@@ -91,7 +91,7 @@ def _fine_tune_config(pretrained_dir, data_dir, **changes):
 
 
 def test_fine_tune_restores_the_encoder_keeps_a_fresh_head_and_evaluates(
-    pretrained, data_dir, tmp_path
+    pretrained, data_dir, tmp_path, monkeypatch
 ):
     source, _ = pretrained
     before = snapshot(source)
@@ -172,8 +172,19 @@ def test_fine_tune_restores_the_encoder_keeps_a_fresh_head_and_evaluates(
     )  # fmt: skip
     assert missing.returncode == 1 and "not a ptjax run directory" in missing.stderr
 
-    # The Python API agrees with the evaluation on real test e-mails.
+    # The Python API agrees with the evaluation on real test e-mails, with the training data
+    # out of reach: the label names come from the run's run.json.
+    with open(os.path.join(workdir, "run.json")) as f:
+        facts = json.load(f)
+    assert facts["label_names"] == ["ham", "spam"] and facts["task"] == "classification"
+    assert facts["tokenizer"] == "tokenizer/spm.model" or facts["tokenizer"].startswith("/")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("TextClassifier read the training data")
+
+    monkeypatch.setattr(encoder_pipeline, "label_names", no_data)
     classify = TextClassifier.from_workdir(workdir, checkpoint="best")
+    monkeypatch.undo()
     records = [
         r
         for r in classification_corpora.spam_records()

@@ -18,7 +18,7 @@ import pytest
 from ptjax import models
 from ptjax.config import load_run_config
 from ptjax.data.tokenizer import load_tokenizer, tokenizer_file
-from ptjax.decoding import DecodeConfig, Generator, sample
+from ptjax.decoding import DecodeConfig, sample
 from ptjax.interop import (
     ConversionError,
     export_hf,
@@ -28,7 +28,8 @@ from ptjax.interop import (
     import_hf,
     load_hf,
 )
-from ptjax.models import t5
+from ptjax.models import t5, t5_decoding
+from ptjax.run import Run
 from ptjax.train.checkpoint import restore_matching_params, restore_params
 
 torch = pytest.importorskip("torch")
@@ -277,7 +278,7 @@ def test_gpt2_import_parity_greedy_generation_and_export(gpt2_dir, tmp_path):
     np.testing.assert_allclose(got[real], want[real], atol=1e-4)
 
     # Greedy decoding of left-padded prompts of different lengths vs HF's generate, one by one.
-    gen = Generator.from_workdir(workdir)
+    gen = Run.open(workdir).generator()
     tokenizer = gen.tokenizer
     prompts = [[tokenizer.eos_id] + tokenizer.encode(t) for t in ("hello world", "the quick")]
     prompts.append(prompts[0][:2])
@@ -415,7 +416,7 @@ def test_t5_import_parity_greedy_generation_and_export(t5_dir, tmp_path):
     print(f"T5 1.0: logits max diff {np.abs(got - want)[real].max():.2e}")
     np.testing.assert_allclose(got[real], want[real], atol=1e-4)
 
-    prefill, step = t5.decode_fns(model, 8)
+    prefill, step = t5_decoding.decode_fns(model, 8)
     decode_cfg = DecodeConfig(max_new_tokens=8, eos_id=1, pad_id=0)
     tokens, lengths = jax.jit(lambda p, x, m: sample(prefill, step, p, x, m, None, decode_cfg))(
         params, jnp.asarray(enc), jnp.asarray(enc_mask, bool)

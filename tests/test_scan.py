@@ -19,7 +19,7 @@ from ptjax import models
 from ptjax.config import base_config
 from ptjax.decoding.search import DecodeConfig, sample
 from ptjax.interop import export_hf, hf_weights
-from ptjax.models import gpt, scan, t5
+from ptjax.models import gpt, scan, t5_decoding
 from ptjax.train import checkpoint, optim, sharding, trainer
 from ptjax.train.state import TrainState
 
@@ -108,7 +108,7 @@ def test_scanned_model_decodes_the_unscanned_tokens(family):
     rng = np.random.default_rng(1)
     tokens = jnp.asarray(rng.integers(2, cfg.vocab_size, (2, 6)), jnp.int32)
     mask = jnp.ones_like(tokens, bool).at[0, :2].set(False)  # Row 0 left-padded.
-    fns = gpt.decode_fns if family == "gpt" else t5.decode_fns
+    fns = gpt.decode_fns if family == "gpt" else t5_decoding.decode_fns
     want = _greedy(*fns(module(cfg), 5), params, tokens, mask, 5)
     scanned = module(dataclasses.replace(cfg, scan_layers=True))
     stacked = scan.stack_layers(params)

@@ -13,6 +13,7 @@ from ptjax import config as config_lib
 from ptjax.data import corpora, translation_corpora
 from ptjax.data import seq2seq_pipeline as sp
 from ptjax.data import span_corruption as sc
+from ptjax.data import span_pipeline as spp
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import train_tokenizer
 
@@ -347,10 +348,10 @@ def test_catalogue_datasets_field_mapping(tok, tmp_path, monkeypatch, name, reco
 def test_span_corruption_batches_cover_the_eval_stream_exactly(tok, data_dir, tmp_path):
     config = make_config(seq_len=64)  # ptjax_bible; decoder length from random_spans_helper.
     tokens_length, targets_length = sc.random_spans_helper(64)
-    assert sp.span_corruption_lengths(config) == (tokens_length, 64, targets_length)
+    assert spp.span_corruption_lengths(config) == (tokens_length, 64, targets_length)
     vocab_size = sp.model_vocab_size(config, tok)
     assert vocab_size == tok.vocab_size + 100
-    batch = next(sp.span_corruption_train_batches(config, tok, **shard_kwargs(data_dir)))
+    batch = next(spp.span_corruption_train_batches(config, tok, **shard_kwargs(data_dir)))
     assert batch["encoder_input_tokens"].shape == (DEVICES, 2, 64)
     assert batch["decoder_target_tokens"].shape == (DEVICES, 2, targets_length)
     rows = rows_of(batch)
@@ -361,8 +362,8 @@ def test_span_corruption_batches_cover_the_eval_stream_exactly(tok, data_dir, tm
     # Eval: reconstructing every row, in order, gives the split's token stream exactly.
     texts = list(corpora.iterate_texts(config.dataset, "validation", data_dir=data_dir))
     stream = [t for ids in tok.encode_batch(texts) for t in ids]
-    batches = list(sp.span_corruption_eval_batches(config, tok, **shard_kwargs(data_dir)))
-    assert len(batches) == sp.span_corruption_eval_num_batches(
+    batches = list(spp.span_corruption_eval_batches(config, tok, **shard_kwargs(data_dir)))
+    assert len(batches) == spp.span_corruption_eval_num_batches(
         config, tok, data_dir=data_dir, process_count=1, local_device_count=DEVICES
     )
     rebuilt = []
@@ -372,12 +373,12 @@ def test_span_corruption_batches_cover_the_eval_stream_exactly(tok, data_dir, tm
             if x.any():  # Not a padding row.
                 rebuilt += sc.reconstruct(x, y, tokenizer_vocab_size=tok.vocab_size, eos_id=EOS)
     assert rebuilt == stream
-    again = list(sp.span_corruption_eval_batches(config, tok, **shard_kwargs(data_dir)))
+    again = list(spp.span_corruption_eval_batches(config, tok, **shard_kwargs(data_dir)))
     np.testing.assert_array_equal(
         again[3]["encoder_input_tokens"], batches[3]["encoder_input_tokens"]
     )
     counts = [
-        len(list(sp.span_corruption_eval_batches(config, tok, **shard_kwargs(data_dir, i, 3))))
+        len(list(spp.span_corruption_eval_batches(config, tok, **shard_kwargs(data_dir, i, 3))))
         for i in range(3)
     ]
     assert len(set(counts)) == 1
@@ -385,11 +386,11 @@ def test_span_corruption_batches_cover_the_eval_stream_exactly(tok, data_dir, tm
 
 def test_span_corruption_train_iterator_restores(tok, data_dir, tmp_path):
     config = make_config(seq_len=32, target_len=16)
-    iterator = sp.span_corruption_train_batches(config, tok, **shard_kwargs(data_dir))
+    iterator = spp.span_corruption_train_batches(config, tok, **shard_kwargs(data_dir))
     next(iterator)
     iterator.save(str(tmp_path))
     expected = [next(iterator) for _ in range(2)]
-    restored = sp.span_corruption_train_batches(config, tok, **shard_kwargs(data_dir))
+    restored = spp.span_corruption_train_batches(config, tok, **shard_kwargs(data_dir))
     restored.restore(str(tmp_path))
     for want in expected:
         got = next(restored)
@@ -401,15 +402,15 @@ def test_span_corruption_train_iterator_restores(tok, data_dir, tmp_path):
 def test_errors_name_the_problem(tok, data_dir):
     kwargs = shard_kwargs(data_dir)
     with pytest.raises(config_lib.ConfigError, match="inputs_length=2 is too short"):
-        sp.span_corruption_train_batches(make_config(seq_len=2), tok, **kwargs)
+        spp.span_corruption_train_batches(make_config(seq_len=2), tok, **kwargs)
     with pytest.raises(config_lib.ConfigError, match=r"target_len=8 is shorter than the 14 target"):
-        sp.span_corruption_train_batches(make_config(seq_len=64, target_len=8), tok, **kwargs)
+        spp.span_corruption_train_batches(make_config(seq_len=64, target_len=8), tok, **kwargs)
     with pytest.raises(config_lib.ConfigError, match="seq_len=1 is too short"):
         sp.seq2seq_train_batches(make_config(seq_len=1, name="ptjax_en_es"), tok, **kwargs)
     config = make_config(seq_len=64)
     config.model.vocab_size = tok.vocab_size  # No room above the tokenizer's pieces.
     with pytest.raises(config_lib.ConfigError, match=r"needs \d+ sentinel ids .* leaves 0"):
-        sp.span_corruption_train_batches(config, tok, **kwargs)
+        spp.span_corruption_train_batches(config, tok, **kwargs)
     with pytest.raises(corpora.DataError, match="no split 'nope'"):
         sp.seq2seq_eval_texts(make_config(name="ptjax_en_es"), split="nope", data_dir=data_dir)
     with pytest.raises(corpora.DataError, match="set seq2seq.inputs_key and seq2seq.targets_key"):

@@ -9,7 +9,7 @@ import pytest
 
 from ptjax.decoding import DecodeConfig, beam_search, sample
 from ptjax.interop import hf_t5
-from ptjax.models import layers, t5
+from ptjax.models import layers, relative_position, t5, t5_decoding
 
 VOCAB = 101
 VARIANTS = {"v1_0": ("relu", True), "v1_1": ("gated-gelu", False)}
@@ -161,7 +161,7 @@ def test_relative_position_buckets_equal_hugging_face():
                 num_buckets=buckets,
                 max_distance=max_distance,
             ).numpy()
-            got = t5.relative_position_bucket(
+            got = relative_position.relative_position_bucket(
                 jnp.asarray(relative),
                 bidirectional=bidirectional,
                 num_buckets=buckets,
@@ -199,9 +199,9 @@ def test_cached_decoding_equals_the_full_forward(hf_and_params):
     apply = _apply(model)
     enc, dec, enc_mask, _ = _batch(seed=1)
     full = apply({"params": params}, enc, dec, enc_mask)  # [batch, tgt_len, vocab]
-    prefill, step = t5.decode_fns(model, max_new_tokens=dec.shape[1])
+    prefill, step = t5_decoding.decode_fns(model, max_new_tokens=dec.shape[1])
     # The loops' layout (a tied head also transposed); raw params are decoded in the HF tests.
-    prepared = t5.prepare_decode_params(params)
+    prepared = t5_decoding.prepare_decode_params(params)
     assert (len(prepared) > len(params)) == cfg.tie_word_embeddings
     assert set(prepared["decoder"]["layer_0"]["self_attention"]) == {layers.FUSED_QKV, "out"}
     logits, cache = jax.jit(prefill)(prepared, jnp.asarray(enc), jnp.asarray(enc_mask, bool))
@@ -238,7 +238,7 @@ def test_greedy_decoding_equals_hugging_face_generate(variant):
     expected = out.sequences.numpy()
     top2 = np.sort(torch.stack(out.scores, 1).numpy(), axis=-1)[..., -2:]
     assert (top2[..., 1] - top2[..., 0]).min() > 1e-3  # No near-ties to flip on rounding.
-    prefill, step = t5.decode_fns(t5.T5(cfg), max_new)
+    prefill, step = t5_decoding.decode_fns(t5.T5(cfg), max_new)
     decode = DecodeConfig(max_new_tokens=max_new, eos_id=-1)
     tokens, lengths = jax.jit(
         lambda p, x, m: sample(prefill, step, p, x, m, jax.random.PRNGKey(0), decode)
@@ -254,7 +254,7 @@ def test_beam_search_score_is_the_sequence_log_probability():
     model = t5.T5(cfg)
     apply = _apply(model)
     enc, _, enc_mask, _ = _batch(seed=3, src_len=10)
-    prefill, step = t5.decode_fns(model, 4)
+    prefill, step = t5_decoding.decode_fns(model, 4)
     decode = DecodeConfig(max_new_tokens=4, num_beams=3, length_penalty=0.0, eos_id=-1)
     best, _, score = beam_search(
         prefill, step, params, jnp.asarray(enc), jnp.asarray(enc_mask, bool), decode

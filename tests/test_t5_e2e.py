@@ -10,6 +10,7 @@ from test_train_e2e import read_scalars, snapshot
 
 from ptjax.config import ConfigError
 from ptjax.config_presets import t5_config
+from ptjax.run import Run
 from ptjax.train import trainer
 
 
@@ -67,9 +68,8 @@ def test_en_es_fine_tuning_from_the_pretrained_run(pretrained, data_dir, tmp_pat
     assert samples[0]["prediction"] in texts["eval/samples"][4]
     assert samples[0]["references"][0] in texts["eval/samples"][4]
     # generate.py's Generator reads the T5 run: prompts are encoder inputs with the run's prefix.
-    from ptjax.decoding.generator import Generator
 
-    gen = Generator.from_workdir(workdir)
+    gen = Run.open(workdir).generator()
     assert gen.encoder_decoder and gen.input_prefix == "translate English to Spanish: "
     ids = gen.encode_prompts(["In the beginning", "translate English to Spanish: In the beginning"])
     assert ids[0] == ids[1] and ids[0][-1] == gen.tokenizer.eos_id

@@ -13,6 +13,7 @@ from ptjax.config_presets import gpt_config
 from ptjax.data import corpora
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import train_tokenizer
+from ptjax.run import Run
 from ptjax.train import trainer
 from ptjax.train.checkpoint import CheckpointMismatchError
 
@@ -276,10 +277,9 @@ def _abstract_params(workdir):
 
 
 def test_generator_from_workdir_splits_a_batch_over_devices(straight_run):
-    from ptjax.decoding import Generator
 
     workdir, _ = straight_run
-    gen = Generator.from_workdir(workdir)
+    gen = Run.open(workdir).generator()
     prompts = ["In the beginning", "Jesus said", "", "And God", "The king of Israel"] * 2
     together = gen.generate(prompts, max_new_tokens=6)  # 10 prompts over 8 devices.
     alone = [gen.generate([p], max_new_tokens=6)[0] for p in prompts[:5]]

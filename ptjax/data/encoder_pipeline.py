@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from ptjax import config as config_lib
-from ptjax.data import corpora, mlm, pipeline
+from ptjax.data import corpora, datasets, mlm, pipeline
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -41,24 +41,6 @@ import tensorflow_datasets as tfds  # noqa: E402  (after import_tf: TF must be s
 
 MLM_KEYS = ("input_ids", "targets", "weights", "token_type_ids", "attention_mask")
 CLASSIFICATION_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "weights")
-# (text_key, text_b_key) of TFDS catalogue datasets ptjax knows; the label is 'label' in all.
-# A dataset.text_key / text_b_key other than the schema default overrides these.
-KNOWN_FIELDS = {
-    "imdb_reviews": ("text", ""),
-    "ag_news_subset": ("description", ""),  # text_b_key='title' adds the headline.
-    "glue/cola": ("sentence", ""),
-    "glue/sst2": ("sentence", ""),
-    "glue/mrpc": ("sentence1", "sentence2"),
-    "glue/qqp": ("question1", "question2"),
-    "glue/stsb": ("sentence1", "sentence2"),
-    "glue/mnli": ("premise", "hypothesis"),
-    "glue/mnli_matched": ("premise", "hypothesis"),
-    "glue/mnli_mismatched": ("premise", "hypothesis"),
-    "glue/qnli": ("question", "sentence"),
-    "glue/rte": ("sentence1", "sentence2"),
-    "glue/wnli": ("sentence1", "sentence2"),
-    "glue/ax": ("premise", "hypothesis"),
-}
 _LOCAL_LABELED = ("ptjax_spam", "labeled_files")  # Fixed fields: text, text_b (if any), label.
 _SCHEMA = config_lib.base_config().dataset  # The defaults that mean "not set by the user".
 
@@ -395,14 +377,15 @@ def example_fields(
 
     `ptjax_spam` and `labeled_files` use their own fields (text, text_b when the files have it,
     label). Catalogue datasets use dataset.text_key / text_b_key / label_key, where a key left at
-    its schema default takes the dataset's known field from KNOWN_FIELDS.
+    its schema default takes the dataset's known field (datasets.CLASSIFICATION_FIELDS).
     """
     name = corpora.base_name(config_dataset.name)
     available = sorted(features.keys())
     if name in _LOCAL_LABELED:
         fields = ExampleFields("text", "text_b" if "text_b" in features else "", "label")
     else:
-        known_text, known_b = KNOWN_FIELDS.get(name, (_SCHEMA.text_key, _SCHEMA.text_b_key))
+        schema = (_SCHEMA.text_key, _SCHEMA.text_b_key)
+        known_text, known_b = datasets.CLASSIFICATION_FIELDS.get(name, schema)
         text = config_dataset.text_key
         text_b = config_dataset.text_b_key
         fields = ExampleFields(

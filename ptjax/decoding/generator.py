@@ -1,7 +1,7 @@
 """Text in, text out: a trained model and its tokenizer behind one `generate` call.
 
-from ptjax.decoding import Generator
-gen = Generator.from_workdir("runs/demo")
+from ptjax.run import Run
+gen = Run.open("runs/demo").generator()          # or Generator(model, params, tokenizer, ...)
 print(gen.generate(["In the beginning"], max_new_tokens=40, temperature=0.8, top_p=0.9))
 
 A causal LM (GPT) continues each prompt, which starts a new document (EOS, then its pieces). An
@@ -14,21 +14,16 @@ lacks it (`input_prefix`), as in training.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ptjax import backend, models
-from ptjax.config import load_run_config
-from ptjax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer, tokenizer_file
+from ptjax import backend, models, placement
+from ptjax.data.tokenizer import Tokenizer, check_vocab
 from ptjax.decoding.search import DecodeConfig, beam_search, sample
 from ptjax.models import attention
-from ptjax.train import parallel
-from ptjax.train.checkpoint import restore_params
 
 _PROMPT_BUCKET = 16  # Prompt widths are rounded up to a multiple of this to reuse compilations.
 
@@ -44,18 +39,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int) -> tuple[np
     return tokens, mask
 
 
-def run_input_prefix(config: Any) -> str:
-    """The text a seq2seq run's dataset puts before every input ('' for other runs)."""
-    if config.task != "seq2seq":
-        return ""
-    from ptjax.data import corpora, seq2seq_pipeline
-
-    if seq2seq_pipeline.option(config, "inputs_key") or seq2seq_pipeline.is_qa(config):
-        return ""  # Chosen fields get no prefix; QA inputs are "question: ... context: ...".
-    known = seq2seq_pipeline.KNOWN_PAIRS.get(corpora.base_name(config.dataset.name))
-    return known.prefix if known else ""
-
-
 class Generator:
     """Decodes a causal LM or an encoder-decoder over all local devices (the batch is split
     between them), or, given a `mesh`, on every device of it with the parameters as they are
@@ -67,7 +50,7 @@ class Generator:
         model: Any,
         params: Any,
         tokenizer: Tokenizer,
-        family: models.ModelFamily | None = None,
+        family: models.ModelFamily,
         devices: Sequence[Any] | None = None,
         input_prefix: str = "",
         mesh: jax.sharding.Mesh | None = None,
@@ -75,10 +58,10 @@ class Generator:
         attention_setting: str = "auto",
     ):
         self.model = model
-        # T5's module has an encoder; its prompts are encoder inputs, not a text to continue.
-        self.encoder_decoder = hasattr(model, "encode")
+        self.family = family
+        # T5's prompts are encoder inputs, not a text to continue.
+        self.encoder_decoder = family.encoder_decoder
         self.input_prefix = input_prefix
-        self.family = family or models.MODELS["gpt"]
         self.tokenizer = tokenizer
         self.params = params
         if not self.encoder_decoder:
@@ -103,35 +86,6 @@ class Generator:
         """Swaps in new parameters of the same shapes (no recompilation)."""
         self.params = params
         self._replicated = None
-
-    @classmethod
-    def from_workdir(cls, workdir: str, checkpoint: str | None = None) -> Generator:
-        """The latest checkpoint of a run (or `checkpoint`, a step directory) and its tokenizer."""
-        config = load_run_config(workdir)
-        tokenizer_path = config.tokenizer.path or tokenizer_file(os.path.join(workdir, "tokenizer"))
-        tokenizer = load_tokenizer(tokenizer_path)
-        model, _ = models.build(config, tokenizer.vocab_size)
-        family = models.MODELS[config.model.family]
-        if family.decode_fns is None:
-            raise ValueError(f"Model family {config.model.family!r} cannot generate text.")
-        dummy = jnp.zeros((1, 8), jnp.int32)
-        abstract = jax.eval_shape(
-            lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, dummy)["params"]
-        )
-        # Read onto the first local device; `_params_on` copies them to the others from there.
-        first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        params = restore_params(
-            checkpoint or workdir, abstract, lambda tree: jax.tree.map(lambda _: first, tree)
-        )
-        return cls(
-            model,
-            params,
-            tokenizer,
-            family,
-            input_prefix=run_input_prefix(config),
-            kernels=config.model.kernels,
-            attention_setting=config.model.attention,
-        )
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         """A causal LM's prompts as new documents (EOS, the document separator, then the
@@ -218,7 +172,7 @@ class Generator:
         if self._replicated is None or self._replicated[0] != n_dev:
             prepared = jax.jit(self.family.decode_params)(self.params)
             if self._mesh is None:
-                prepared = parallel.replicate(prepared, self._devices[:n_dev])
+                prepared = placement.replicate(prepared, self._devices[:n_dev])
             self._replicated = (n_dev, prepared)  # On a mesh: sharded as the params are.
         return self._replicated[1]
 

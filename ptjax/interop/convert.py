@@ -38,6 +38,7 @@ from typing import Any
 import ml_collections
 
 from ptjax import config_presets, models
+from ptjax import run as run_lib
 from ptjax.config import load_run_config
 from ptjax.data import tokenizer as tokenizer_lib
 from ptjax.interop import hf_bert, hf_gpt2, hf_pooling, hf_t5, hf_tokenizers, hf_weights
@@ -270,6 +271,13 @@ def import_hf(hf_dir: str, out_workdir: str) -> HFModel:
         # As trainer.save_config writes it (that module pulls in TensorFlow).
         _write_json(os.path.join(tmp, "config.json"), config.to_dict(), indent=2, sort_keys=True)
         _write_json(os.path.join(tmp, HF_CONFIG_COPY), model.hf_config, indent=2)
+        labels = None
+        if model.task == "classification":  # The source's names, in label-id order.
+            id2label = model.hf_config.get("id2label") or {}
+            count = model.head_kwargs.get("num_labels", 0)
+            labels = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(count)]
+        facts = run_lib.run_facts(config, path, labels, tmp)
+        _write_json(os.path.join(tmp, run_lib.RUN_FILE), facts, indent=2)
         _save_params(tmp, model.params)
         carried = hf_pooling.copy_files(hf_dir, os.path.join(tmp, hf_pooling.ST_DIR))
         if carried:

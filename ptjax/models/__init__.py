@@ -10,7 +10,7 @@ import flax.linen as nn
 import ml_collections
 
 from ptjax.errors import ConfigError
-from ptjax.models import bert, gpt, t5
+from ptjax.models import bert, gpt, t5, t5_decoding
 
 # Run-config keys (model.<key>, 0: the named size's) that override a size's shape.
 SHAPE_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "d_kv", "num_decoder_layers")
@@ -36,6 +36,8 @@ class ModelFamily:
     decode_fns: Callable[[Any, int], tuple[Callable, Callable]] | None = None
     # params -> what prefill/step take (e.g. with the output table transposed once per call).
     decode_params: Callable[[Any], Any] = lambda params: params
+    # Whether prompts are encoder inputs (T5) rather than a text to continue (GPT).
+    encoder_decoder: bool = False
 
     def make_config(self, config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Any:
         """The model's hyper-parameters: the named size, then the run config's overrides."""
@@ -137,8 +139,9 @@ MODELS: dict[str, ModelFamily] = {
         config_class=t5.T5Config,
         sizes=t5.SIZES,
         flops_per_token=_t5_flops,  # Inputs and targets of seq_len tokens.
-        decode_fns=t5.decode_fns,
-        decode_params=t5.prepare_decode_params,
+        decode_fns=t5_decoding.decode_fns,
+        decode_params=t5_decoding.prepare_decode_params,
+        encoder_decoder=True,
         extra_vocab=lambda config: config.seq2seq.extra_ids,
         heads_divide_width=False,
     ),

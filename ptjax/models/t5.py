@@ -18,17 +18,13 @@ checkpoints both ways (the name table is there).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ptjax.models import attention, layers, scan
+from ptjax.models import attention, layers, relative_position
 
 Array = jax.Array
 
@@ -129,47 +125,6 @@ def _dtypes(cfg: T5Config) -> tuple[jnp.dtype, jnp.dtype]:
     return jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
 
-@functools.cache
-def _bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
-    """Bucket of each distance 0..max_distance-1 (one direction), as HF in float32.
-
-    Half the buckets are exact distances, the other half log-spaced up to max_distance; computed
-    once in numpy float32 (like torch), so that distances on a bucket boundary land where they do
-    in Hugging Face rather than where XLA's log would round them.
-    """
-    max_exact = num_buckets // 2
-    n = np.arange(max_distance, dtype=np.int64)
-    with np.errstate(divide="ignore"):
-        ratio = np.log(n.astype(np.float32) / np.float32(max_exact))
-        large = max_exact + (
-            ratio
-            / np.float32(math.log(max_distance / max_exact))
-            * np.float32(num_buckets - max_exact)
-        )
-    large = np.minimum(np.where(n < max_exact, 0, large).astype(np.int64), num_buckets - 1)
-    return np.where(n < max_exact, n, large).astype(np.int32)
-
-
-def relative_position_bucket(
-    relative_position: Array,  # [...] int: key position - query position
-    *,
-    bidirectional: bool,
-    num_buckets: int,
-    max_distance: int,
-) -> Array:
-    """Hugging Face's `T5Attention._relative_position_bucket`: ids in [0, num_buckets)."""
-    buckets = jnp.zeros_like(relative_position)  # Keys before the query (or all, causal).
-    if bidirectional:
-        num_buckets //= 2
-        buckets = (relative_position > 0).astype(relative_position.dtype) * num_buckets
-        distance = jnp.abs(relative_position)
-    else:
-        distance = jnp.maximum(-relative_position, 0)  # Keys after the query share bucket 0.
-    table = jnp.asarray(_bucket_table(num_buckets, max_distance))
-    near = table[jnp.minimum(distance, max_distance - 1)]
-    return buckets + jnp.where(distance >= max_distance, num_buckets - 1, near)
-
-
 class RelativePositionBias(nn.Module):
     """Learned bias per (relative position bucket, head); returns [batch or 1, heads, q, k]."""
 
@@ -184,7 +139,7 @@ class RelativePositionBias(nn.Module):
     ) -> Array:
         cfg = self.config
         dtype, param_dtype = _dtypes(cfg)
-        buckets = relative_position_bucket(
+        buckets = relative_position.relative_position_bucket(
             k_positions[:, None, :] - q_positions[:, :, None],  # [batch, q_len, k_len]
             bidirectional=self.bidirectional,
             num_buckets=cfg.relative_attention_num_buckets,
@@ -699,88 +654,6 @@ class T5(nn.Module):
             deterministic=deterministic,
             return_hidden=return_hidden,
         )
-
-
-def init_cache(cfg: T5Config, batch: int, max_decode_len: int) -> dict[str, Any]:
-    """An empty decoder self-attention cache for `max_decode_len` target positions.
-
-    The encoder-side entries ('encoder_mask' [batch, src_len] and 'cross': per layer
-    {'key', 'value'} [batch, heads, src_len, d_kv]) are added by the prefill `decode`, since
-    their length is the input's. Every leaf has the batch as its leading axis.
-    """
-    kv = (batch, cfg.num_heads, max_decode_len, cfg.d_kv)  # Heads first: read in place.
-    dtype = jnp.dtype(cfg.dtype)
-    return {
-        "index": jnp.zeros((batch,), jnp.int32),  # Next target position to write.
-        "layers": tuple(
-            {"key": jnp.zeros(kv, dtype), "value": jnp.zeros(kv, dtype)}
-            for _ in range(cfg.num_decoder_layers)
-        ),
-    }
-
-
-def decode_fns(model: T5, max_new_tokens: int) -> tuple[Callable, Callable]:
-    """(prefill, step) for ptjax.decoding; the "prompt" is the encoder input and its mask.
-
-    prefill encodes once, projects every layer's cross-attention keys/values into the cache and
-    returns the logits after the decoder start token (0); step feeds one target token. A model
-    with scan_layers=True decodes as its unscanned clone (the same function), its parameters
-    unstacked (best once, by prepare_decode_params, rather than at every step).
-    """
-    model = scan.unscanned(model)
-    cfg = model.config
-
-    def split(params: Any) -> tuple[dict, Array | None]:
-        params = scan.unstack_layers(params)
-        head = params.get(_HEAD)
-        return {"params": {k: v for k, v in params.items() if k != _HEAD}}, head
-
-    def prefill(params: Any, inputs: Array, inputs_mask: Array) -> tuple[Array, dict]:
-        variables, head = split(params)
-        encoded = model.apply(variables, inputs, inputs_mask, method=T5.encode)
-        batch = inputs.shape[0]
-        # The start token takes slot 0 and each of the max_new_tokens steps one more.
-        cache = init_cache(cfg, batch, max_new_tokens + 1)
-        start = jnp.full((batch, 1), DECODER_START_ID, jnp.int32)
-        logits, cache = model.apply(
-            variables,
-            encoded,
-            start,
-            inputs_mask,
-            cache=cache,
-            output_kernel=head,
-            method=T5.decode,
-        )
-        return logits[:, 0], cache
-
-    def step(params: Any, tokens: Array, cache: dict) -> tuple[Array, dict]:
-        variables, head = split(params)
-        logits, cache = model.apply(
-            variables, None, tokens[:, None], cache=cache, output_kernel=head, method=T5.decode
-        )
-        return logits[:, 0], cache
-
-    return prefill, step
-
-
-_HEAD = "decode_output_kernel"
-
-
-def prepare_decode_params(params: Any) -> Any:
-    """The parameters as a decoding loop reads them best, made once before it: scanned layers
-    unstacked, each decoder self-attention's query/key/value as one projection
-    (`layers.fuse_qkv_for_decoding`), and a tied output embedding also transposed
-    ([d_model, vocab]), as GPT's (each step's product then reads the table in its own layout)."""
-    params = dict(scan.unstack_layers(params))
-    decoder = dict(params["decoder"])
-    for name, layer in decoder.items():
-        if name.startswith("layer_") and "query" in layer["self_attention"]:
-            attention = layers.fuse_qkv_for_decoding(layer["self_attention"])
-            decoder[name] = {**layer, "self_attention": attention}
-    params["decoder"] = decoder
-    if "lm_head" in params or _HEAD in params:  # A separate head is [d_model, vocab] already.
-        return params
-    return {**params, _HEAD: params["shared"]["embedding"].T}
 
 
 def flops_per_token(cfg: T5Config, src_len: int, tgt_len: int) -> float:

@@ -17,7 +17,7 @@ from ptjax.tasks.extractive_qa import ExtractiveQA
 from ptjax.tasks.masked_lm import MaskedLM
 from ptjax.tasks.seq2seq import Seq2SeqWithDecoding, SpanCorruption
 
-TASKS: dict[str, type] = {
+TASKS: dict[str, type[Task]] = {
     "causal_lm": CausalLM,
     "masked_lm": MaskedLM,
     "classification": Classification,
@@ -30,9 +30,7 @@ TASKS: dict[str, type] = {
 def create(config: ml_collections.ConfigDict, *, data_dir: str) -> tuple[Task, dict[str, Any]]:
     """(the task of config.task set up for this run, keyword arguments of its model head)."""
     task = TASKS[config.task]()
-    setup = getattr(task, "setup", None)
-    head_kwargs = setup(config, data_dir=data_dir) if setup else {}
-    return task, head_kwargs
+    return task, task.setup(config, data_dir=data_dir)
 
 
 __all__ = ["TASKS", "Task", "create"]

@@ -8,13 +8,21 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from ptjax.tasks import losses
+from ptjax.tasks.base import Task, spec
 
 
-class CausalLM:
+class CausalLM(Task):
     name = "causal_lm"
     families = ("gpt",)
+    samples_text = True  # Its model continues sample_prompts during training.
+
+    def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
+        keys = ("inputs", "targets", "positions", "segment_ids")
+        length = config.seq_len
+        return {**{k: spec(rows, length) for k in keys}, "weights": spec(rows, length, dtype=float)}
 
     def train_batches(self, config, tokenizer, **kwargs) -> Any:
         from ptjax.data import pipeline  # tf.data only where batches are made.

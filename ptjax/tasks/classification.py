@@ -16,11 +16,20 @@ import numpy as np
 import optax
 
 from ptjax.evaluation import classification as metrics_lib
+from ptjax.tasks.base import ENCODER_INPUTS, Task, spec
 
 
-class Classification:
+class Classification(Task):
     name = "classification"
     families = ("bert",)
+
+    def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
+        encoder = {k: spec(rows, config.seq_len) for k in ENCODER_INPUTS}
+        return {**encoder, "labels": spec(rows), "weights": spec(rows, dtype=float)}
+
+    def head_kwargs(self, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+        """model.num_labels when set; else only the data can tell (None)."""
+        return {"num_labels": config.model.num_labels} if config.model.num_labels else None
 
     def __init__(self) -> None:
         self.label_names: list[str] | None = None
@@ -74,6 +83,12 @@ class Classification:
                 labels, predictions, logits.shape[-1], weights
             ),  # [num_labels, num_labels]
         }
+
+    def run_facts(self) -> dict[str, Any]:
+        return {"label_names": self.label_names}
+
+    def inference_head(self, facts: dict[str, Any]) -> dict[str, Any]:
+        return {"num_labels": len(facts["label_names"])}
 
     def metric_names(self) -> tuple[str, ...]:
         names = self.label_names or []

@@ -20,14 +20,21 @@ import optax
 from jax.experimental import multihost_utils
 
 from ptjax.errors import ConfigError
+from ptjax.tasks.base import ENCODER_INPUTS, Task, spec
 
 if TYPE_CHECKING:
     from ptjax.train.parallel import Parallel
 
 
-class ExtractiveQA:
+class ExtractiveQA(Task):
     name = "extractive_qa"
     families = ("bert",)
+    trains_tokenizer = False  # Fine-tuning: the tokenizer comes with init_checkpoint.
+
+    def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
+        encoder = {k: spec(rows, config.seq_len) for k in ENCODER_INPUTS}
+        positions = {"start_positions": spec(rows), "end_positions": spec(rows)}
+        return {**encoder, **positions, "weights": spec(rows, dtype=float)}
 
     def __init__(self) -> None:
         self._predict_cache: dict[int, Any] = {}

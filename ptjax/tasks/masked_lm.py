@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ptjax.tasks.base import ENCODER_INPUTS, Task, spec
+
 WHOLE_WORD_SLACK = 16  # Extra predictions per row for whole-word masking's overshoot.
 
 
@@ -31,9 +33,17 @@ def max_predictions(config: ml_collections.ConfigDict) -> int:
     return min(length, bound)
 
 
-class MaskedLM:
+class MaskedLM(Task):
     name = "masked_lm"
     families = ("bert",)
+
+    def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
+        length = config.seq_len
+        return {
+            **{k: spec(rows, length) for k in ENCODER_INPUTS},
+            "targets": spec(rows, length),
+            "weights": spec(rows, length, dtype=float),
+        }
 
     def __init__(self) -> None:
         self.num_predictions: int | None = None  # Set by setup(); None projects every position.

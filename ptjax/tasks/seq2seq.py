@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from ptjax.tasks import losses
+from ptjax.tasks.base import Task, spec
 
 if TYPE_CHECKING:
     from ptjax.train.parallel import Parallel
@@ -66,22 +68,38 @@ def _summarize(sums: dict[str, Any]) -> dict[str, float]:
     }
 
 
-class SpanCorruption:
+def _t5_batch_spec(rows: int, src_len: int, tgt_len: int) -> dict[str, Any]:
+    out = {}
+    for side, n in (("encoder", src_len), ("decoder", tgt_len)):
+        for key in ("input_tokens", "segment_ids", "positions"):
+            out[f"{side}_{key}"] = spec(rows, n)
+    out["decoder_target_tokens"] = spec(rows, tgt_len)
+    out["decoder_loss_weights"] = spec(rows, tgt_len, dtype=float)
+    return out
+
+
+class SpanCorruption(Task):
     """T5 pretraining: predict the corrupted spans (sentinel + tokens) from the rest."""
 
     name = "span_corruption"
     families = ("t5",)
     weights_key = "decoder_loss_weights"  # The batch key the train step normalises by.
 
-    def train_batches(self, config, tokenizer, **kwargs) -> Any:
-        from ptjax.data import seq2seq_pipeline
+    def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
+        from ptjax.data import span_pipeline  # Only for its length rules.
 
-        return seq2seq_pipeline.span_corruption_train_batches(config, tokenizer, **kwargs)
+        _, src_len, tgt_len = span_pipeline.span_corruption_lengths(config)
+        return _t5_batch_spec(rows, src_len, tgt_len)
+
+    def train_batches(self, config, tokenizer, **kwargs) -> Any:
+        from ptjax.data import span_pipeline
+
+        return span_pipeline.span_corruption_train_batches(config, tokenizer, **kwargs)
 
     def eval_batches(self, config, tokenizer, **kwargs) -> Any:
-        from ptjax.data import seq2seq_pipeline
+        from ptjax.data import span_pipeline
 
-        return seq2seq_pipeline.span_corruption_eval_batches(config, tokenizer, **kwargs)
+        return span_pipeline.span_corruption_eval_batches(config, tokenizer, **kwargs)
 
     loss = staticmethod(_loss)
     summarize = staticmethod(_summarize)
@@ -94,6 +112,21 @@ class Seq2Seq(SpanCorruption):
     """Text-to-text fine-tuning on (inputs, targets) pairs: translation, summarization, QA."""
 
     name = "seq2seq"
+
+    def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
+        from ptjax.data import seq2seq_pipeline  # Only for its length rules.
+
+        return _t5_batch_spec(rows, *seq2seq_pipeline.seq2seq_lengths(config))
+
+    def input_prefix(self, config: ml_collections.ConfigDict) -> str:
+        """The dataset's known prefix; none for chosen fields or QA ("question: ... context:
+        ..." inputs)."""
+        from ptjax.data import corpora, datasets, seq2seq_pipeline
+
+        if seq2seq_pipeline.option(config, "inputs_key") or seq2seq_pipeline.is_qa(config):
+            return ""
+        known = datasets.PAIRS.get(corpora.base_name(config.dataset.name))
+        return known.prefix if known else ""
 
     def train_batches(self, config, tokenizer, **kwargs) -> Any:
         from ptjax.data import seq2seq_pipeline
@@ -168,18 +201,18 @@ class Seq2SeqWithDecoding(Seq2Seq):
         key = (id(par), id(model), max_new_tokens, eos_id, beams)
         if key not in self._decode_cache:
             from ptjax.decoding.search import DecodeConfig, beam_search, sample
-            from ptjax.models import t5
+            from ptjax.models import t5_decoding
 
             cfg = DecodeConfig(
                 max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=0, num_beams=beams
             )
-            prefill, step = t5.decode_fns(model, max_new_tokens)
+            prefill, step = t5_decoding.decode_fns(model, max_new_tokens)
 
             def run(params, batch):
                 _, sums = _loss(model, params, batch, rng=None, train=False)
                 tokens = batch["encoder_input_tokens"]
                 mask = batch["encoder_segment_ids"] > 0
-                params = t5.prepare_decode_params(params)  # Scanned layers unstacked once.
+                params = t5_decoding.prepare_decode_params(params)  # Scanned layers unstacked once.
                 if beams > 1:
                     new, lengths, _ = beam_search(prefill, step, params, tokens, mask, cfg)
                 else:

@@ -354,7 +354,7 @@ class BestParams:
 
     One Orbax step directory (the newest best replaces the previous one), laid out like a
     training checkpoint's `state` item with parameters only, so `init_checkpoint`,
-    `scripts/evaluate.py --checkpoint=best` and `Generator.from_workdir` read it directly. The
+    `scripts/evaluate.py --checkpoint=best` and `Run.generator` (ptjax.run) read it directly. The
     metric, its value and step are kept in WORKDIR/best/best.json, which a resumed run reads.
     """
 

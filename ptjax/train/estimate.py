@@ -28,10 +28,10 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from ptjax import backend, models, tasks
+from ptjax import run as run_lib
 from ptjax.models import attention
 from ptjax.train import optim, parallel, sharding, steps
 from ptjax.train.state import TrainState
@@ -72,55 +72,17 @@ class Estimate:
 def batch_spec(config: ml_collections.ConfigDict, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes and dtypes of one device's train batch of config.task with `rows` rows: what the
     task's input pipeline yields per device (without building the pipeline)."""
-
-    def spec(*shape: int, dtype: Any = jnp.int32) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
-
-    length = config.seq_len
-    if config.task == "causal_lm":
-        keys = ("inputs", "targets", "positions", "segment_ids")
-        return {**{k: spec(rows, length) for k in keys}, "weights": spec(rows, length, dtype=float)}
-    encoder = {k: spec(rows, length) for k in ("input_ids", "token_type_ids", "attention_mask")}
-    if config.task == "masked_lm":
-        return {
-            **encoder,
-            "targets": spec(rows, length),
-            "weights": spec(rows, length, dtype=float),
-        }
-    if config.task == "classification":
-        return {**encoder, "labels": spec(rows), "weights": spec(rows, dtype=float)}
-    if config.task == "extractive_qa":
-        positions = {"start_positions": spec(rows), "end_positions": spec(rows)}
-        return {**encoder, **positions, "weights": spec(rows, dtype=float)}
-    if config.task in ("span_corruption", "seq2seq"):
-        from ptjax.data import seq2seq_pipeline  # Only for its length rules.
-
-        if config.task == "seq2seq":
-            src_len, tgt_len = seq2seq_pipeline.seq2seq_lengths(config)
-        else:
-            _, src_len, tgt_len = seq2seq_pipeline.span_corruption_lengths(config)
-        out = {}
-        for side, n in (("encoder", src_len), ("decoder", tgt_len)):
-            for key in ("input_tokens", "segment_ids", "positions"):
-                out[f"{side}_{key}"] = spec(rows, n)
-        out["decoder_target_tokens"] = spec(rows, tgt_len)
-        out["decoder_loss_weights"] = spec(rows, tgt_len, dtype=float)
-        return out
-    raise ValueError(f"No batch spec for task {config.task!r}.")
+    return tasks.TASKS[config.task]().batch_spec(config, rows)
 
 
 def _task_and_head(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
     """The run's task and its head's size; classification reads its labels from the data
     unless model.num_labels is set."""
     task = tasks.TASKS[config.task]()
-    if config.task == "classification" and config.model.num_labels:
-        return task, {"num_labels": config.model.num_labels}
-    setup = getattr(task, "setup", None)
-    if setup is None:
-        return task, {}
-    from ptjax.train.trainer import default_data_dir
-
-    return task, setup(config, data_dir=default_data_dir(config))
+    head_kwargs = task.head_kwargs(config)
+    if head_kwargs is None:  # Only the data can tell (classification's labels).
+        head_kwargs = task.setup(config, data_dir=run_lib.default_data_dir(config))
+    return task, head_kwargs
 
 
 def _with_device_axis(tree: Any, devices: int = 1) -> Any:

@@ -19,11 +19,11 @@ from typing import Any
 
 import jax
 from absl import logging
-from etils import epath
 
 from ptjax import backend, models, tasks
 from ptjax.config import ConfigError, load_run_config
 from ptjax.data.tokenizer import load_tokenizer
+from ptjax.run import resolve_checkpoint  # noqa: F401 - used and re-exported.
 from ptjax.train import parallel, steps, trainer
 from ptjax.train.checkpoint import restore_params
 
@@ -36,27 +36,6 @@ class EvalResult:
     step: int
     checkpoint: str
     results_file: str | None
-
-
-def resolve_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[str, int]:
-    """(step directory, step) for 'latest', 'best', a step number, or a path."""
-    root = epath.Path(workdir)
-    if checkpoint in ("latest", "best"):
-        directory = root / ("checkpoints" if checkpoint == "latest" else "best")
-        steps_found = sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit())
-        if not steps_found:
-            what = "checkpoints" if checkpoint == "latest" else "best checkpoint (set best_metric)"
-            raise FileNotFoundError(f"{workdir!r} holds no {what} in {directory}.")
-        return str(directory / str(steps_found[-1])), steps_found[-1]
-    if checkpoint.isdigit():
-        path = root / "checkpoints" / checkpoint
-        if not path.exists():
-            raise FileNotFoundError(f"{workdir!r} has no checkpoint step {checkpoint} ({path}).")
-        return str(path), int(checkpoint)
-    path = epath.Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"--checkpoint={checkpoint!r} does not exist.")
-    return str(path), int(path.name) if path.name.isdigit() else -1
 
 
 def evaluate_checkpoint(

@@ -28,6 +28,7 @@ import numpy as np
 from ptjax import backend
 from ptjax.errors import ConfigError
 from ptjax.models import attention
+from ptjax.placement import replicate, unreplicate  # noqa: F401 - re-exported.
 
 AXIS = "batch"
 
@@ -378,32 +379,3 @@ def _one_device_per_process() -> jax.sharding.NamedSharding:
         firsts.setdefault(device.process_index, device)
     mesh = jax.sharding.Mesh(np.array([firsts[i] for i in sorted(firsts)]), (AXIS,))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-
-def replicate(tree: Any, devices: Sequence[Any] | None = None) -> Any:
-    """A copy of each array (host or device) on every local device, laid out as pmap lays out
-    its outputs, [devices, ...]. A device array is copied from the device that holds it (a
-    global array: this process's copy of it), never through the host."""
-    devices = list(devices or jax.local_devices())
-    mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
-    stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
-
-    def put(x: Any) -> jax.Array:
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            if not x.is_fully_replicated:
-                raise ValueError("replicate() takes a global array only when it is replicated.")
-            x = x.addressable_shards[0].data  # This process's copy.
-        one = x[None] if isinstance(x, jax.Array) else np.asarray(x)[None]
-        return jax.make_array_from_single_device_arrays(
-            (len(devices), *one.shape[1:]),
-            stacked,
-            [jax.device_put(one, d) for d in devices],
-        )
-
-    return jax.tree.map(put, tree)
-
-
-def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a replicated pytree, as numpy arrays on the host (tests and
-    metrics; the trainer never brings a state to the host)."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), tree)

@@ -73,7 +73,7 @@ def train_step(
     """
     rng = step_rng(state.rng, state.step, axis_name)
     # The token count over all devices: local sums divided by it are shares of the global mean.
-    weights = batch[getattr(task, "weights_key", "weights")]  # The task's loss weights.
+    weights = batch[task.weights_key]  # The task's loss weights.
     total_weight = jnp.maximum(psum(jnp.sum(weights), axis_name), 1.0)
 
     def loss_fn(params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:

@@ -29,9 +29,9 @@ from ptjax.data.tokenizer import (
     Tokenizer,
     check_vocab,
     load_tokenizer,
-    tokenizer_file,
     train_tokenizer,
 )
+from ptjax.run import default_data_dir, tokenizer_path  # noqa: F401 - used and re-exported.
 from ptjax.train import accounting, lock, optim, parallel, preemption, source_run, steps
 from ptjax.train import metrics as metrics_lib
 from ptjax.train.checkpoint import (
@@ -56,6 +56,7 @@ _WORKDIR_ENTRIES = (
     "profile",
     "samples",
     "run.lock",
+    "run.json",  # ptjax.run.RUN_FILE
     "results",
     "best",
 )
@@ -79,13 +80,6 @@ USER_ERRORS = (
 )
 
 
-def default_data_dir(config: ml_collections.ConfigDict) -> str:
-    """dataset.data_dir, else TFDS_DATA_DIR, else TFDS's own default."""
-    if config.dataset.data_dir:
-        return config.dataset.data_dir
-    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-
-
 def check_workdir(workdir: str) -> bool:
     """Returns whether the workdir already holds a run; refuses paths that are not workdirs."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -106,12 +100,6 @@ def check_workdir(workdir: str) -> bool:
             f"({', '.join(sorted(foreign)[:5])}); choose an empty or new directory."
         )
     return bool(entries)
-
-
-def tokenizer_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """tokenizer.path, else the run's own: tokenizer/spm.model, or tokenizer/tokenizer.json for a
-    Hugging Face import (ptjax.interop)."""
-    return config.tokenizer.path or tokenizer_file(os.path.join(workdir, "tokenizer"))
 
 
 def load_or_train_tokenizer(
@@ -147,9 +135,9 @@ def load_or_train_tokenizer(
                 os.replace(dst + ".tmp", dst)
         multihost_utils.sync_global_devices("ptjax tokenizer copied")
         return load_tokenizer(path)
-    if config.task == "extractive_qa":
+    if task is not None and not task.trains_tokenizer:
         raise config_lib.ConfigError(
-            "task='extractive_qa' trains no tokenizer of its own: set init_checkpoint to a "
+            f"task={config.task!r} trains no tokenizer of its own: set init_checkpoint to a "
             "pretraining run (its tokenizer comes along) or tokenizer.path."
         )
     if jax.process_index() == 0:
@@ -161,10 +149,12 @@ def load_or_train_tokenizer(
             path,
         )
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        texts_of = getattr(task, "tokenizer_texts", None)
-        if texts_of is not None:
-            texts = texts_of(config, data_dir=data_dir, max_texts=config.tokenizer.max_sentences)
-        else:
+        texts = None
+        if task is not None:
+            texts = task.tokenizer_texts(
+                config, data_dir=data_dir, max_texts=config.tokenizer.max_sentences
+            )
+        if texts is None:
             texts = corpora.iterate_texts(
                 config.dataset,
                 config.dataset.train_split,
@@ -259,11 +249,11 @@ def run_eval(
     the same parallel mode; the others sum their metrics over every batch and device
     (`eval_sums`).
     """
-    if hasattr(task, "run_eval"):
-        return task.run_eval(model, params, config, tokenizer, par=par, **data_kwargs)
+    own = task.run_eval(model, params, config, tokenizer, par=par, **data_kwargs)
+    if own is not None:
+        return own
     sums = eval_sums(p_eval_step, params, task.eval_batches(config, tokenizer, **data_kwargs))
-    details = task.details(sums) if hasattr(task, "details") else {}
-    return task.summarize(sums), details
+    return task.summarize(sums), task.details(sums)
 
 
 def write_results(
@@ -331,9 +321,9 @@ def _lock_workdir(workdir: str, cleanup: contextlib.ExitStack) -> None:
         raise WorkdirError(error)
 
 
-def _samples_text(config: ml_collections.ConfigDict) -> bool:
+def _samples_text(config: ml_collections.ConfigDict, task: Any) -> bool:
     """Whether the run's model continues text prompts (sample_prompts): causal LMs do."""
-    return config.task == "causal_lm" and models.MODELS[config.model.family].decode_fns is not None
+    return task.samples_text and models.MODELS[config.model.family].decode_fns is not None
 
 
 def check_tokenizer_fits(
@@ -346,7 +336,7 @@ def check_tokenizer_fits(
         check_vocab(tokenizer, model_config.vocab_size - family.extra_vocab(config))
     except ValueError as e:
         raise config_lib.ConfigError(f"Config key model.vocab_size: {e}") from None
-    if config.sample_every_steps and _samples_text(config):
+    if config.sample_every_steps and _samples_text(config, tasks.TASKS[config.task]):
         longest = 1 + max(len(ids) for ids in tokenizer.encode_batch(list(config.sample_prompts)))
         if longest + config.sample_max_new_tokens > model_config.max_len:
             raise config_lib.ConfigError(
@@ -508,6 +498,10 @@ def _train_and_evaluate(
         metrics_lib.write_config(writer, config)
     start_step = int(state.step)
     save_config(config, workdir, start_step)
+    if jax.process_index() == 0:  # What inference needs without the data (ptjax.run.Run).
+        labels = task.run_facts().get("label_names")
+        facts = run_lib.run_facts(config, tokenizer.path, labels, workdir)
+        run_lib.write_run_file(workdir, facts)
     n_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
     logging.info(
         "Model %s/%s: %d parameters; %d devices, global batch %d x %d tokens.",
@@ -538,7 +532,7 @@ def _train_and_evaluate(
 
     generator = None
     family = models.MODELS[config.model.family]
-    sampling = bool(config.sample_every_steps) and _samples_text(config)
+    sampling = bool(config.sample_every_steps) and _samples_text(config, task)
     if sampling and (par.mesh is not None or jax.process_index() == 0):
         from ptjax.decoding.generator import Generator
 
