@@ -129,10 +129,14 @@ def run_facts(
 
 
 def write_run_file(workdir: str, facts: dict[str, Any]) -> None:
-    """Writes RUN_FILE atomically (a temporary file renamed over it); process 0 calls it."""
+    """Writes RUN_FILE atomically (a temporary file renamed over it); process 0 calls it. A
+    resumed run whose facts are unchanged leaves the file as it is, untouched."""
     path = epath.Path(workdir) / RUN_FILE
+    text = json.dumps(facts, indent=2) + "\n"
+    if path.exists() and path.read_text() == text:
+        return
     tmp = epath.Path(workdir) / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(facts, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)  # Over an earlier one (a resumed run).
 
 

@@ -166,6 +166,7 @@ def check_against_reference(name, dtype, bias, q_len=200, kv_len=200, batch=2):
         )
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("name", CASES)
 def test_splash_matches_xla_float32(name):
     check_against_reference(name, jnp.float32, bias=False)
@@ -186,6 +187,7 @@ def test_flash_with_bias_bf16():
     check_against_reference("bidirectional padded", jnp.bfloat16, bias=True)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_packed_rows_stay_apart():
     """Each packed document's output equals attention over that document alone: a kernel that
     ignored segment ids would mix them (and would differ from attention over the whole row)."""

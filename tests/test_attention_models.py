@@ -154,6 +154,7 @@ def assert_same(got, want):
         )
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("case", [gpt_case, bert_case, t5_case], ids=["gpt", "bert", "t5"])
 def test_training_loss_and_grads_match_xla(case):
     params, batch, apply, run_mode = case()
@@ -161,6 +162,7 @@ def test_training_loss_and_grads_match_xla(case):
     assert_same(loss_and_grads(SPLASH, params, batch, apply, run_mode), want)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_sharded_over_a_mesh_matches_one_device():
     """Splash under shard_map on a (data=4, tensor=2) mesh: batch rows and heads split as the
     trainer splits activations; the same loss and gradients as XLA on one device."""

@@ -63,6 +63,7 @@ def test_forms_nest_and_fall_back_to_the_default_backend_outside_a_step():
         assert not backend.cpu_forms()
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
 def test_plain_forms_give_the_same_loss_and_gradients_without_a_cpu_form(family, dtype):

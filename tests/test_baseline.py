@@ -11,6 +11,7 @@ from ptjax.config_presets import bert_classification_config
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "baseline_tfidf.py"
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_tfidf_baseline_scores_the_test_split(tmp_path):
     pytest.importorskip("sklearn")
     spec = importlib.util.spec_from_file_location("ptjax_baseline_script", SCRIPT)
@@ -25,6 +26,7 @@ def test_tfidf_baseline_scores_the_test_split(tmp_path):
     assert result["f1/spam"] > 0.93 and result["accuracy"] > 0.97
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_copy_the_source_baseline_scores_untranslated_english(tmp_path):
     from ptjax.config_presets import t5_config
     from ptjax.evaluation import text_metrics

@@ -89,6 +89,7 @@ def test_base_parameter_count_matches_hugging_face():
     assert _count(shapes) == hf_mlm_count  # Tied decoder: the head adds transform, LN and bias.
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_parity_with_hugging_face_encoder_and_mlm_head():
     torch, transformers = _hf()
     cfg = _tiny()

@@ -263,6 +263,7 @@ def mesh_worker():
     jax.distributed.shutdown()
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_two_processes_build_dcn_meshes_over_their_devices():
     port = _free_port()
     results = _finish([_start("mesh", i, 2, port, timeout_s=60) for i in range(2)])
@@ -291,6 +292,7 @@ def timeout_worker():
         sys.exit(3)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_start_up_times_out_naming_the_missing_processes():
     """Process 0 of 2 alone (its peer never starts), and process 1 of 2 alone (no coordinator):
     each raises RuntimeError after PTJAX_INIT_TIMEOUT=5 s, before JAX ends the process."""

@@ -46,6 +46,7 @@ def _mlm_model():
     return model, model.init(jax.random.PRNGKey(0), zeros, zeros, zeros)["params"]
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_mlm_loss_counts_masked_positions_only_and_gathering_changes_nothing():
     model, params = _mlm_model()
     batch = _mlm_batch(np.random.default_rng(0))
@@ -158,6 +159,7 @@ def _run_mlm(num_devices, batches):
     return losses, parallel.unreplicate(state.params)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_bert_mlm_step_one_vs_eight_devices():
     rng = np.random.default_rng(3)
     batches = []

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,6 +24,7 @@ def _run(*args):
     return done.returncode, json.loads(done.stdout.strip().splitlines()[-1]), done
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_every_step_exports_for_tpu_and_cuda_without_a_cpu_form():
     code, result, done = _run()
     assert code == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -38,12 +41,14 @@ def test_every_step_exports_for_tpu_and_cuda_without_a_cpu_form():
     assert "{'train': 9, 'eval': 3, 'decode': 1}" in done.stdout  # T5: self, cross, biased.
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_xla_attention_on_tpu_makes_no_kernel_call():
     code, result, _ = _run("--attention=xla", "--platforms=tpu", "--families=bert")
     assert code == 0 and result["tpu_kernel_calls"] == 0
     assert result["attention"] == {"tpu": "xla"}
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_cpu_forms_forced_onto_a_tpu_export_are_found():
     code, result, _ = _run("--kernels=cpu", "--platforms=tpu", "--families=gpt")
     assert code == 1 and result["cpu_only_forms"] > 0

@@ -29,6 +29,7 @@ def model_and_params():
     return model, params
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("prepared", [False, True], ids=["params", "decode_params"])
 def test_cached_logits_equal_full_recomputation(model_and_params, prepared):
     model, params = model_and_params
@@ -67,6 +68,7 @@ def _greedy(model, params, rows, max_new=10):
     return np.asarray(out)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_greedy_equals_argmax_of_the_full_forward(model_and_params):
     model, params = model_and_params
     prompt = [5, 9, 13, 2, 40]
@@ -78,6 +80,7 @@ def test_greedy_equals_argmax_of_the_full_forward(model_and_params):
     assert out.tolist() == seq[len(prompt) :]
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_padding_in_a_batch_changes_no_row(model_and_params):
     model, params = model_and_params
     rows = [[5, 9, 13], [7, 3, 11, 19, 23, 29, 31], [4]]
@@ -87,6 +90,7 @@ def test_padding_in_a_batch_changes_no_row(model_and_params):
         np.testing.assert_array_equal(batched[i], alone)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_beam_search_on_gpt_with_one_beam_equals_greedy(model_and_params):
     model, params = model_and_params
     rows = [[5, 9, 13], [7, 3, 11, 19]]
@@ -97,6 +101,7 @@ def test_beam_search_on_gpt_with_one_beam_equals_greedy(model_and_params):
     np.testing.assert_array_equal(beam, _greedy(model, params, rows, max_new=6))
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_beam_search_score_is_the_sequence_log_probability(model_and_params):
     model, params = model_and_params
     prompt = [5, 9, 13]

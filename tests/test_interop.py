@@ -106,6 +106,7 @@ def _bert_dir(tmp_path, name: str, cls: str, **kw) -> str:
     return path
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_bert_masked_lm_import_parity_export_round_trip(tmp_path):
     hf_dir = _bert_dir(tmp_path, "hf", "BertForMaskedLM")
     workdir = str(tmp_path / "run")
@@ -257,6 +258,7 @@ def gpt2_dir(tmp_path_factory):
     return path, model
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_gpt2_import_parity_greedy_generation_and_export(gpt2_dir, tmp_path):
     hf_dir, hf = gpt2_dir
     workdir = str(tmp_path / "run")
@@ -387,6 +389,7 @@ def t5_dir(tmp_path_factory):
     return str(path), model
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_t5_import_parity_greedy_generation_and_export(t5_dir, tmp_path):
     hf_dir, hf = t5_dir
     workdir = str(tmp_path / "run")
@@ -454,6 +457,7 @@ def test_t5_import_parity_greedy_generation_and_export(t5_dir, tmp_path):
         assert tokenizer.encode(text) == hf_tok(text, add_special_tokens=False).input_ids, text
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_t5_v1_1_gated_untied_parity_and_round_trip(tmp_path):
     config = transformers.T5Config(
         vocab_size=50,

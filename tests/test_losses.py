@@ -33,6 +33,7 @@ def _fused(hidden, embedding, targets, weights, forms):
     return jnp.sum(loss * weights), correct
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("forms", FORMS)
 @pytest.mark.parametrize(
     "vocab, length",
@@ -67,6 +68,7 @@ def test_ties_go_to_the_first_index_like_argmax(forms):
     np.testing.assert_array_equal(hits, [[True, False, False]])
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("forms", FORMS)
 def test_bfloat16_gradients_keep_dtypes(forms):
     hidden = jnp.ones((2, 3, 8), jnp.bfloat16)

@@ -156,7 +156,7 @@ def test_extractive_qa_on_a_mesh_as_under_pmap_and_evaluate_py(files, tmp_path, 
     _assert_same_metrics(evaluated.metrics, result["eval"])
 
     # On a machine the run's mesh does not fit, evaluate.py falls back to pmap: same numbers.
-    def no_mesh(parallelism, kernels=None):
+    def no_mesh(parallelism, kernels=None, attention_setting=None):
         raise config_lib.ConfigError("parallelism: the mesh must cover all 8 devices.")
 
     monkeypatch.setattr(parallel, "create", no_mesh)

@@ -65,6 +65,7 @@ def test_remat_policies_recompute_it_to_the_same_gradients():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("batch,m,k,n", [((2, 3), 5, 7, 4), ((4,), 64, 16, 32), ((1, 2), 1, 8, 1)])
 def test_batched_products_and_gradients(batch, m, k, n):
     a, b, b_t = _normal(8, (*batch, m, k)), _normal(9, (*batch, k, n)), _normal(10, (*batch, n, k))
@@ -83,6 +84,7 @@ def test_batched_products_and_gradients(batch, m, k, n):
         np.testing.assert_allclose(_f32(d_rhs), want_rhs, rtol=2**-8, atol=1e-5)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_bf16_attention_takes_the_heads_first_products_and_matches_float32():
     q, k, v = (_normal(i, (2, 6, 3, 8)) for i in (12, 13, 14))
     mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
@@ -100,6 +102,7 @@ def test_bf16_attention_takes_the_heads_first_products_and_matches_float32():
         np.testing.assert_allclose(_f32(a), b, rtol=3e-2, atol=3e-2)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("dtype", [jnp.float32, BF16])
 @pytest.mark.parametrize(
     "kwargs", [dict(features=6), dict(features=(2, 4)), dict(features=6, axis=(-2, -1))]

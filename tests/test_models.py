@@ -26,6 +26,7 @@ def _count(tree):
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_logits_shape_and_dtype():
     model, params = _init(_tiny())
     x = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, 97)
@@ -52,6 +53,7 @@ def test_gpt2_parameter_counts(size, expected):
     assert _count(shapes["params"]) == expected
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_causal_no_token_sees_the_future():
     model, params = _init(_tiny())
     x = jax.random.randint(jax.random.PRNGKey(1), (1, 16), 0, 97)

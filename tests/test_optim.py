@@ -17,6 +17,7 @@ def params():
     return gpt.GPT(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_decay_mask_only_matrices(params):
     mask = optim.decay_mask(params, decay_embeddings=False)
     assert mask["h_0"]["attn"]["query"]["kernel"] is True
@@ -39,6 +40,7 @@ def test_decay_counts_add_up(params):
     assert decayed == 4 * 64 + 128 + 128
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_decay_leaves_masked_parameters_alone(params):
     """With zero gradients only decayed leaves move (AdamW's decoupled decay)."""
     c = base_config().optimizer

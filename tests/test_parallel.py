@@ -70,6 +70,7 @@ def _run(num_devices: int, batches: list[dict]):
     return losses, parallel.unreplicate(state.params)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("num_devices", [2, 8])
 def test_same_loss_and_update_as_one_device(num_devices):
     assert jax.local_device_count() >= 8, "conftest should give 8 fake CPU devices"
@@ -89,6 +90,7 @@ def test_same_loss_and_update_as_one_device(num_devices):
         np.testing.assert_allclose(flat_n[path], a, rtol=1e-4, atol=3e-6, err_msg=str(path))
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_loss_is_the_global_token_mean():
     """Not a mean of per-device means: devices with more padding count for less."""
     rng = np.random.default_rng(1)

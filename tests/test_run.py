@@ -21,8 +21,13 @@ def test_run_file_round_trip_and_relative_tokenizer(tmp_path):
         "tokenizer": os.path.join("tokenizer", "spm.model"),
     }
     run.write_run_file(str(tmp_path), facts)
-    run.write_run_file(str(tmp_path), facts)  # Again, as a resumed run does.
+    before = os.stat(tmp_path / run.RUN_FILE).st_mtime_ns
+    run.write_run_file(str(tmp_path), facts)  # Again, as a resumed run does: left untouched.
+    assert os.stat(tmp_path / run.RUN_FILE).st_mtime_ns == before
     assert run.read_run_file(str(tmp_path)) == facts
+    changed = {**facts, "label_names": ["a", "b"]}
+    run.write_run_file(str(tmp_path), changed)  # Facts that changed replace the file.
+    assert run.read_run_file(str(tmp_path)) == changed
     assert not os.path.exists(tmp_path / (run.RUN_FILE + ".tmp"))
     elsewhere = run.run_facts(config, "/models/spm.model", None, str(tmp_path))
     assert elsewhere["tokenizer"] == "/models/spm.model" and elsewhere["label_names"] is None

@@ -123,6 +123,7 @@ def test_pack_examples_next_fit_and_one_per_row():
 # ptjax_en_es.
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_ptjax_en_es_holds_out_whole_books(data_dir):
     builder = corpora.get_builder(make_config(name="ptjax_en_es").dataset, data_dir=data_dir)
     counts = {split: info.num_examples for split, info in builder.info.splits.items()}
@@ -345,6 +346,7 @@ def test_catalogue_datasets_field_mapping(tok, tmp_path, monkeypatch, name, reco
 # Span corruption.
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_span_corruption_batches_cover_the_eval_stream_exactly(tok, data_dir, tmp_path):
     config = make_config(seq_len=64)  # ptjax_bible; decoder length from random_spans_helper.
     tokens_length, targets_length = sc.random_spans_helper(64)

@@ -37,6 +37,7 @@ def _fits(config, workdir, vocab):
     return restored
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_gpt2_import_shape_is_taken_and_contradictions_refused(tmp_path):
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers import models as tok_models
@@ -82,6 +83,7 @@ def test_gpt2_import_shape_is_taken_and_contradictions_refused(tmp_path):
         source_run.adopt_source_shape(bert, str(tmp_path / "new"))
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_t5_import_shape_and_variant(tmp_path):
     from tokenizers import Tokenizer
     from tokenizers import models as tok_models

@@ -193,6 +193,7 @@ def test_parity_with_hugging_face_logits_and_encoder(hf_and_params):
     assert encoder_diff.max() < 1e-4, encoder_diff.max()
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_cached_decoding_equals_the_full_forward(hf_and_params):
     cfg, _, params = hf_and_params
     model = t5.T5(cfg)
@@ -249,6 +250,7 @@ def test_greedy_decoding_equals_hugging_face_generate(variant):
     np.testing.assert_array_equal(lengths, [max_new] * 3)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_beam_search_score_is_the_sequence_log_probability():
     cfg, _, params = _tiny_model("v1_1")
     model = t5.T5(cfg)
@@ -265,6 +267,7 @@ def test_beam_search_score_is_the_sequence_log_probability():
     np.testing.assert_allclose(score, expected, atol=1e-4)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_packed_examples_equal_each_alone():
     """Row 0 packs two examples (then padding); rows 1 and 2 hold each alone (then padding)."""
     cfg, _, params = _tiny_model("v1_1")
@@ -328,6 +331,7 @@ def test_bidirectional_encoder_causal_decoder_and_padding():
     )  # Padded inputs are invisible.
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_dropout_is_a_call_time_switch():
     cfg, _, params = _tiny_model("v1_0", num_layers=1, num_decoder_layers=1)
     apply = _apply(t5.T5(cfg))

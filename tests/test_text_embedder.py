@@ -143,6 +143,7 @@ def test_pooling_files_are_checked_and_exported(st_dir, workdir, tmp_path):
         TextEmbedder.from_workdir(workdir, pooling="median")
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_embed_script_writes_vectors_and_never_replaces_a_file(workdir, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS[:2]) + "\n")
