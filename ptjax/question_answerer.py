@@ -21,6 +21,7 @@ import numpy as np
 
 from ptjax.data.tokenizer import Tokenizer, check_vocab
 from ptjax.run import Run
+from ptjax.tasks.extractive_qa import ExtractiveQA
 
 
 class QuestionAnswerer:
@@ -35,7 +36,7 @@ class QuestionAnswerer:
     def from_workdir(cls, workdir: str, checkpoint: str = "latest") -> QuestionAnswerer:
         """The run's model at `checkpoint` ('latest', 'best', a step or a step directory)."""
         run = Run.open(workdir)
-        if run.config.task != "extractive_qa":
+        if not issubclass(run.task, ExtractiveQA):
             raise ValueError(
                 f"{workdir!r} holds a {run.config.task!r} run, not an extractive_qa one."
             )

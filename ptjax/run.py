@@ -181,6 +181,11 @@ class Run:
         return models.MODELS[self.config.model.family]
 
     @property
+    def task(self) -> type[tasks.Task]:
+        """The run's task class (tools check what a run can serve with issubclass)."""
+        return tasks.TASKS[self.config.task]
+
+    @property
     def input_prefix(self) -> str:
         return self.facts.get("input_prefix", input_prefix(self.config))
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ptjax.data.tokenizer import Tokenizer, check_vocab
 from ptjax.run import Run
+from ptjax.tasks.classification import Classification
 
 
 class TextClassifier:
@@ -47,7 +48,7 @@ class TextClassifier:
     def from_workdir(cls, workdir: str, checkpoint: str = "latest") -> TextClassifier:
         """The run's model at `checkpoint` ('latest', 'best', a step or a step directory)."""
         run = Run.open(workdir)
-        if run.config.task != "classification":
+        if not issubclass(run.task, Classification):
             raise ValueError(
                 f"{workdir!r} holds a {run.config.task!r} run, not a classification one."
             )

@@ -33,11 +33,12 @@ def run(config, split: str) -> dict:
     from ptjax import run as run_lib
     from ptjax.data import seq2seq_pipeline
     from ptjax.evaluation import text_metrics
-    from ptjax.tasks.seq2seq import decoded_metrics
+    from ptjax.tasks import TASKS
+    from ptjax.tasks.seq2seq import Seq2Seq, decoded_metrics
     from ptjax.train import trainer
 
     run_lib.validate(config)
-    if config.task != "seq2seq":
+    if not issubclass(TASKS[config.task], Seq2Seq):
         raise config_lib.ConfigError(f"Config task={config.task!r}; the baseline needs seq2seq.")
     data_dir = trainer.default_data_dir(config)
     config.dataset.max_eval_batches = 0  # The whole split.

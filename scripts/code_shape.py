@@ -184,6 +184,46 @@ def private_reaches(root: str = ROOT) -> list[str]:
     return out
 
 
+def task_names(root: str = ROOT) -> list[str]:
+    """The keys of ptjax.tasks.TASKS, read from its source."""
+    tree = ast.parse(_read(os.path.join(root, PACKAGE, "tasks", "__init__.py")))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "TASKS":
+            return [key.value for key in node.value.keys]
+    raise ValueError("ptjax/tasks/__init__.py declares no TASKS.")
+
+
+# Where naming tasks is the point: the tasks themselves, and presets built per task.
+TASK_NAMES_ALLOWED = (os.path.join(PACKAGE, "tasks"), os.path.join(PACKAGE, "config_presets.py"))
+
+
+def task_name_tests(root: str = ROOT) -> list[str]:
+    """Comparisons with a task's name (`task == "seq2seq"`, `task in ("masked_lm", ...)`)
+    outside ptjax/tasks/: generic code asks the Task instead."""
+    names = set(task_names(root))
+    out = []
+    for folder in (PACKAGE, "scripts"):
+        for base, _, files in os.walk(os.path.join(root, folder)):
+            for name in sorted(files):
+                path = os.path.join(base, name)
+                relative = os.path.relpath(path, root)
+                if not name.endswith(".py") or relative.startswith(TASK_NAMES_ALLOWED):
+                    continue
+                for node in ast.walk(ast.parse(_read(path), path)):
+                    if not isinstance(node, ast.Compare):
+                        continue
+                    for operand in (node.left, *node.comparators):
+                        items = (
+                            operand.elts
+                            if isinstance(operand, (ast.Tuple, ast.List, ast.Set))
+                            else [operand]
+                        )
+                        if any(isinstance(i, ast.Constant) and i.value in names for i in items):
+                            out.append(f"{relative}:{node.lineno}")
+                            break
+    return out
+
+
 def function_level_imports(root: str = ROOT) -> int:
     known = modules(root)
     return sum(1 for m, p in known.items() for _, _, nested in imports(m, p, known) if nested)
@@ -210,6 +250,7 @@ def report(root: str = ROOT) -> dict:
         "layer_breaches": layer_breaches(edges),
         "private_reaches": private_reaches(root),
         "function_level_imports": function_level_imports(root),
+        "task_name_tests": task_name_tests(root),
         f"files_over_{MAX_LINES}_lines": long_files(root),
         "readme_lines": _read(readme).count("\n"),
     }
@@ -228,6 +269,9 @@ def main(argv: list[str]) -> int:
         print(f"  {breach}")
     print(f"reaches into other modules' private names: {len(shape['private_reaches'])}")
     print(f"function-level imports: {shape['function_level_imports']}")
+    print(f"task names tested outside ptjax/tasks/: {len(shape['task_name_tests'])}")
+    for where in shape["task_name_tests"]:
+        print(f"  {where}")
     print(f"files over {MAX_LINES} lines: {shape[f'files_over_{MAX_LINES}_lines']}")
     print(f"README lines: {shape['readme_lines']}")
     return 0

@@ -17,7 +17,9 @@ from test_train_e2e import read_scalars, snapshot
 from ptjax import QuestionAnswerer, TextClassifier
 from ptjax.config import ConfigError, load_run_config
 from ptjax.config_presets import bert_classification_config, bert_config, bert_qa_config
-from ptjax.data import classification_corpora, encoder_pipeline
+from ptjax.data import encoder_pipeline
+from ptjax.data.builders import labeled
+from ptjax.data.builders import text as text_builders
 from ptjax.train import checkpoint, evaluator, trainer
 
 SPAM_TEST_EXAMPLES = 528
@@ -186,11 +188,9 @@ def test_fine_tune_restores_the_encoder_keeps_a_fresh_head_and_evaluates(
     classify = TextClassifier.from_workdir(workdir, checkpoint="best")
     monkeypatch.undo()
     records = [
-        r
-        for r in classification_corpora.spam_records()
-        if classification_corpora.spam_split(classification_corpora.spam_text(r)) == "test"
+        r for r in labeled.spam_records() if labeled.spam_split(labeled.spam_text(r)) == "test"
     ][:40]
-    texts = [classification_corpora.spam_text(r) for r in records]
+    texts = [labeled.spam_text(r) for r in records]
     predictions = classify(texts)
     assert len(predictions) == 40
     assert all(p["label"] in ("ham", "spam") for p in predictions)
@@ -266,10 +266,10 @@ def test_qa_head_learns_the_generated_set(pretrained, data_dir, tmp_path):
     """A tiny BERT from scratch fits 64 generated questions about real verses: exact match on
     them rises from (nearly) nothing to most of them, through the trainer and the n-best
     post-processing."""
-    from ptjax.data import corpora, qa
+    from ptjax.data import qa
 
     source, _ = pretrained
-    verses = [v for v in corpora.bible_verses()[2000:2400] if 60 < len(v) < 120]
+    verses = [v for v in text_builders.bible_verses()[2000:2400] if 60 < len(v) < 120]
     examples = qa.make_learnable_qa(verses, 64, seed=0)
     path = tmp_path / "qa.jsonl"
     with open(path, "w") as f:

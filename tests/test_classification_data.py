@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ptjax.data import classification_corpora as cc
+from ptjax.data.builders import labeled as cc
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 
 from ptjax import config as config_lib
 from ptjax.data import corpora
+from ptjax.data.builders import text as text_builders
 
 
 def dataset_config(**overrides):
@@ -29,8 +30,8 @@ def bible_dir(tmp_path_factory) -> str:
 
 
 def test_bible_splits(bible_dir):
-    passages = corpora.bible_passages()
-    assert len(corpora.bible_verses()) == 37_457
+    passages = text_builders.bible_passages()
+    assert len(text_builders.bible_verses()) == 37_457
     assert len(passages) == 4_683  # ceil(37457 / 8)
     train = texts(dataset_config(), "train", bible_dir)
     validation = texts(dataset_config(), "validation", bible_dir)

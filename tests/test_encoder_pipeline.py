@@ -12,6 +12,7 @@ import pytest
 from ptjax import config as config_lib
 from ptjax.data import corpora, mlm
 from ptjax.data import encoder_pipeline as ep
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import train_tokenizer
 
@@ -31,7 +32,7 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     path = tmp_path_factory.mktemp("tokenizer") / "bert.model"
-    texts = corpora.bible_verses()[:400]
+    texts = text_builders.bible_verses()[:400]
     return train_tokenizer(
         texts, str(path), vocab_size=400, control_symbols=mlm.BERT_CONTROL_SYMBOLS
     )
@@ -323,7 +324,7 @@ def write_jsonl(path, records) -> str:
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory):
     """Train/validation/test JSONL sentence pairs with labels yes/no/maybe, some over seq_len."""
-    verses = corpora.bible_verses()
+    verses = text_builders.bible_verses()
     root = tmp_path_factory.mktemp("pairs")
     labels = ["yes", "no", "maybe"]
 
@@ -412,7 +413,7 @@ def test_labelled_datasets_feed_load_texts(data_dir, pair_files):
 
 def test_errors(tok, data_dir, tmp_path):
     plain = train_tokenizer(
-        corpora.bible_verses()[:300], str(tmp_path / "plain.model"), vocab_size=400
+        text_builders.bible_verses()[:300], str(tmp_path / "plain.model"), vocab_size=400
     )
     with pytest.raises(ValueError, match="control_symbols"):
         ep.mlm_train_batches(make_config(), plain, **shard_kwargs(data_dir))

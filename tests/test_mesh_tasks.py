@@ -15,7 +15,8 @@ import pytest
 from ptjax import config as config_lib
 from ptjax import models, tasks
 from ptjax.config_presets import bert_qa_config, t5_config
-from ptjax.data import corpora, qa
+from ptjax.data import qa
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tokenizer import Tokenizer, train_tokenizer
 from ptjax.models import bert
 from ptjax.train import evaluator, parallel, sharding, steps, trainer
@@ -26,7 +27,7 @@ def files(tmp_path_factory):
     """One tokenizer (BERT's control symbols; T5 adds its sentinels), text pairs (a verse ->
     its first words) and generated QA examples, all from bundled verses."""
     root = tmp_path_factory.mktemp("mesh_tasks")
-    verses = [v for v in corpora.bible_verses()[2000:3000] if 60 < len(v) < 120]
+    verses = [v for v in text_builders.bible_verses()[2000:3000] if 60 < len(v) < 120]
     spm = str(root / "spm.model")
     train_tokenizer(verses, spm, vocab_size=400, control_symbols=bert.CONTROL_SYMBOLS)
     pairs = root / "pairs.jsonl"

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ptjax.data import corpora, mlm, tokenizer
+from ptjax.data import mlm, tokenizer
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tf_setup import import_tf
 
 tf = import_tf()
@@ -114,7 +115,7 @@ def test_rate_validation():
 
 
 def test_bert_tokenizer_ids_and_word_starts(tmp_path):
-    texts = corpora.bible_verses()[:300]
+    texts = text_builders.bible_verses()[:300]
     tok = tokenizer.train_tokenizer(
         texts,
         str(tmp_path / "bert.model"),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ptjax import config as config_lib
-from ptjax.data import corpora, objectives, pipeline
+from ptjax.data import corpora, lm_pipeline, objectives
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import train_tokenizer
 
@@ -25,7 +26,7 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tok(tmp_path_factory):
     path = tmp_path_factory.mktemp("tokenizer") / "tiny.model"
-    return train_tokenizer(corpora.bible_verses()[:400], str(path), vocab_size=400)
+    return train_tokenizer(text_builders.bible_verses()[:400], str(path), vocab_size=400)
 
 
 def make_config(**dataset):
@@ -91,7 +92,7 @@ def test_packing_loses_and_duplicates_nothing(flush):
 
 
 def test_tokenize_documents(tok):
-    flat = pipeline.tokenize_documents(tok, np.array([b"In the", b"", "café".encode()], object))
+    flat = lm_pipeline.tokenize_documents(tok, np.array([b"In the", b"", "café".encode()], object))
     expected = [1, *tok.encode("In the"), 1, 1, *tok.encode("café")]
     np.testing.assert_array_equal(flat, expected)
     assert flat.dtype == np.int32
@@ -100,7 +101,7 @@ def test_tokenize_documents(tok):
 def test_eval_batches_cover_the_stream_once(tok, data_dir):
     config = make_config()
     batches = list(
-        pipeline.lm_eval_batches(
+        lm_pipeline.lm_eval_batches(
             config, tok, data_dir=data_dir, process_index=0, process_count=1, local_device_count=2
         )
     )
@@ -122,7 +123,7 @@ def test_eval_processes_step_in_lockstep(tok, data_dir):
     config = make_config()
     per_process = [
         list(
-            pipeline.lm_eval_batches(
+            lm_pipeline.lm_eval_batches(
                 config,
                 tok,
                 data_dir=data_dir,
@@ -139,7 +140,7 @@ def test_eval_processes_step_in_lockstep(tok, data_dir):
         targets = np.concatenate([b["targets"][b["weights"] > 0] for b in batches])
         np.testing.assert_array_equal(targets, stream[1:])
     config.dataset.max_eval_batches = 3
-    limited = pipeline.lm_eval_batches(
+    limited = lm_pipeline.lm_eval_batches(
         config, tok, data_dir=data_dir, process_index=1, process_count=2, local_device_count=1
     )
     limited = list(limited)
@@ -148,7 +149,7 @@ def test_eval_processes_step_in_lockstep(tok, data_dir):
 
 def first_batches(config, tok, data_dir, n=3, **kwargs) -> list[dict]:
     kwargs = {"process_index": 0, "process_count": 1, "local_device_count": 2, **kwargs}
-    iterator = pipeline.lm_train_batches(config, tok, data_dir=data_dir, **kwargs)
+    iterator = lm_pipeline.lm_train_batches(config, tok, data_dir=data_dir, **kwargs)
     return [next(iterator) for _ in range(n)]
 
 
@@ -182,7 +183,7 @@ def test_train_batches_shapes_and_determinism(tok, data_dir):
 def test_train_iterator_save_restore_is_exact(tok, data_dir, tmp_path):
     config = make_config()
     kwargs = {"data_dir": data_dir, "process_index": 0, "process_count": 1}
-    iterator = pipeline.lm_train_batches(config, tok, local_device_count=1, **kwargs)
+    iterator = lm_pipeline.lm_train_batches(config, tok, local_device_count=1, **kwargs)
     for _ in range(5):
         next(iterator)
     prefix = iterator.save(str(tmp_path / "ckpt"))
@@ -190,10 +191,10 @@ def test_train_iterator_save_restore_is_exact(tok, data_dir, tmp_path):
     size = sum(f.stat().st_size for f in (tmp_path / "ckpt").iterdir())
     # Shuffle buffers (64 documents, 64 rows) plus in-flight tokenised chunks of 256 documents.
     assert os.path.basename(prefix) == "data_iterator-process0of1" and size < 4_000_000, size
-    fresh = pipeline.lm_train_batches(config, tok, local_device_count=1, **kwargs)
+    fresh = lm_pipeline.lm_train_batches(config, tok, local_device_count=1, **kwargs)
     fresh.restore(str(tmp_path / "ckpt"))
     assert_same(after, [next(fresh) for _ in range(4)])
-    other = pipeline.lm_train_batches(
+    other = lm_pipeline.lm_train_batches(
         config, tok, local_device_count=1, **{**kwargs, "process_count": 2}
     )
     with pytest.raises(FileNotFoundError, match="process0of2"):
@@ -213,17 +214,17 @@ def test_empty_shard_and_missing_split_errors(tok, tmp_path):
     config = make_config(name="text_files", train_files=str(path))
     data_dir = str(tmp_path / "tfds")
     with pytest.raises(ValueError, match="Process 1 of 2 got no documents of split 'train'"):
-        pipeline.lm_train_batches(
+        lm_pipeline.lm_train_batches(
             config, tok, data_dir=data_dir, process_index=1, process_count=2, local_device_count=1
         )
     with pytest.raises(ValueError, match="no split 'validation'"):
-        pipeline.lm_eval_batches(
+        lm_pipeline.lm_eval_batches(
             config, tok, data_dir=data_dir, process_index=0, process_count=1, local_device_count=1
         )
 
 
 def test_measure_throughput(tok, data_dir):
-    iterator = pipeline.lm_train_batches(
+    iterator = lm_pipeline.lm_train_batches(
         make_config(),
         tok,
         data_dir=data_dir,
@@ -231,4 +232,4 @@ def test_measure_throughput(tok, data_dir):
         process_count=1,
         local_device_count=1,
     )
-    assert pipeline.measure_throughput(iterator, 3) > 0
+    assert lm_pipeline.measure_throughput(iterator, 3) > 0

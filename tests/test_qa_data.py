@@ -8,6 +8,7 @@ import pytest
 
 from ptjax import config as config_lib
 from ptjax.data import corpora, mlm, qa, tokenizer
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tf_setup import import_tf
 from ptjax.evaluation import qa_postprocess
 
@@ -52,7 +53,7 @@ EXAMPLES = [
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     path = tmp_path_factory.mktemp("tok") / "bert.model"
-    texts = corpora.bible_verses()[:1000]
+    texts = text_builders.bible_verses()[:1000]
     return tokenizer.train_tokenizer(
         texts, str(path), vocab_size=800, control_symbols=mlm.BERT_CONTROL_SYMBOLS
     )
@@ -134,7 +135,7 @@ def _brute_max_context(windows, window, position):
 
 
 def test_long_context_overlapping_windows_and_max_context(tok):
-    filler = " ".join(corpora.bible_verses()[:6])
+    filler = " ".join(text_builders.bible_verses()[:6])
     context = f"{filler} The treasure is hidden in Ravenholm near the old mill. {filler}"
     example = _example("long", "Where is the treasure hidden?", context, "Ravenholm")
     seq_len, max_query_len, stride = 48, 16, 12
@@ -346,7 +347,7 @@ def test_postprocess_picks_the_best_valid_span(tok):
 
 
 def test_postprocess_chooses_across_windows_and_respects_max_context(tok):
-    filler = " ".join(corpora.bible_verses()[:6])
+    filler = " ".join(text_builders.bible_verses()[:6])
     context = f"{filler} The treasure is hidden in Ravenholm near the old mill. {filler}"
     example = _example("long", "Where is the treasure hidden?", context, "Ravenholm")
     features = _features([example], tok, 48, 16, 12)
@@ -457,7 +458,7 @@ def test_train_batches_are_seeded_shuffled_and_resume(tok, tmp_path):
 
 
 def test_learnable_set_answers_are_at_their_starts():
-    passages = corpora.bible_passages()[:100]
+    passages = text_builders.bible_passages()[:100]
     examples = qa.make_learnable_qa(passages, 250, seed=0)
     assert len(examples) == 250 and len({e.id for e in examples}) == 250
     for example in examples:

@@ -27,6 +27,7 @@ import test_train_e2e as e2e
 from test_train_e2e import read_scalars, snapshot, tiny_config
 
 from ptjax.data import corpora
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tf_setup import import_tf
 from ptjax.tasks.causal_lm import CausalLM
 from ptjax.train import lock, metrics, preemption, trainer
@@ -500,13 +501,13 @@ def test_enormous_and_empty_lines_are_skipped_and_counted(tmp_path, monkeypatch)
     path = tmp_path / "a.txt"
     path.write_bytes(b"short\n" + b"x" * 11 + b"\n\n  \nexactly10b\r\n" + b"y" * 5000 + b"\nend")
     empty, too_long = [0], [0]
-    docs = list(corpora.read_documents([str(path)], "line", empty, too_long))
+    docs = list(text_builders.read_documents([str(path)], "line", empty, too_long))
     assert docs == ["short", "exactly10b", "end"]
     assert (empty[0], too_long[0]) == (2, 2)
     big = tmp_path / "b.txt"
     big.write_bytes(b"z" * 11)
     too_long = [0]
-    assert list(corpora.read_documents([str(big)], "file", None, too_long)) == []
+    assert list(text_builders.read_documents([str(big)], "file", None, too_long)) == []
     assert too_long == [1]
 
 

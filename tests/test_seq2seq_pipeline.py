@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 
 from ptjax import config as config_lib
-from ptjax.data import corpora, translation_corpora
+from ptjax.data import corpora
 from ptjax.data import seq2seq_pipeline as sp
 from ptjax.data import span_corruption as sc
 from ptjax.data import span_pipeline as spp
+from ptjax.data.builders import pairs
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import train_tokenizer
 
@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    records = translation_corpora.en_es_records()[:500]
+    records = pairs.en_es_records()[:500]
     texts = [r["en"] for r in records] + [r["es"] for r in records]
     path = tmp_path_factory.mktemp("tokenizer") / "t5.model"
     return train_tokenizer(texts, str(path), vocab_size=500)
@@ -45,7 +45,7 @@ def make_config(seq_len=64, target_len=None, **dataset):
     config.dataset.shuffle_buffer = 64
     config.dataset.update(dataset)
     if target_len is not None:
-        config.seq2seq = ml_collections.ConfigDict({"target_len": target_len})
+        config.seq2seq.target_len = target_len
     return config
 
 
@@ -129,7 +129,7 @@ def test_ptjax_en_es_holds_out_whole_books(data_dir):
     counts = {split: info.num_examples for split, info in builder.info.splits.items()}
     assert (
         counts
-        == translation_corpora.EN_ES_SPLITS
+        == pairs.EN_ES_SPLITS
         == {
             "train": 30_686,
             "validation": 157,
@@ -140,9 +140,9 @@ def test_ptjax_en_es_holds_out_whole_books(data_dir):
     for split in counts:
         refs = [e["ref"].decode() for e in builder.as_dataset(split=split).as_numpy_iterator()]
         assert len(set(refs)) == len(refs)
-        books[split] = {translation_corpora.book_of(r) for r in refs}
-    assert books["validation"] == set(translation_corpora.VALIDATION_BOOKS)
-    assert books["test"] == set(translation_corpora.TEST_BOOKS)
+        books[split] = {pairs.book_of(r) for r in refs}
+    assert books["validation"] == set(pairs.VALIDATION_BOOKS)
+    assert books["test"] == set(pairs.TEST_BOOKS)
     assert not books["train"] & (books["validation"] | books["test"])
     assert len(books["train"]) == 60
 
@@ -187,7 +187,7 @@ def test_pair_texts_alternate_inputs_and_targets_for_the_tokenizer(data_dir):
     assert len(texts) == 5 and all(
         t.startswith("translate English to Spanish: ") for t in texts[::2]
     )
-    spanish = set(r["es"] for r in translation_corpora.en_es_records())
+    spanish = set(r["es"] for r in pairs.en_es_records())
     assert all(t in spanish for t in texts[1::2])
 
 
@@ -318,7 +318,7 @@ def test_catalogue_datasets_field_mapping(tok, tmp_path, monkeypatch, name, reco
                                           want):  # fmt: skip
     config = make_config(seq_len=32, name=name, eval_split="validation")
     if overrides:
-        config.seq2seq = ml_collections.ConfigDict(overrides)
+        config.seq2seq.update(overrides)
 
     def as_dataset(self, split, **kwargs):
         del kwargs
@@ -337,7 +337,7 @@ def test_catalogue_datasets_field_mapping(tok, tmp_path, monkeypatch, name, reco
         assert sum(float(b["decoder_loss_weights"][..., 0].sum()) for b in batches) == len(records)
         batch = next(sp.seq2seq_train_batches(config, tok, **kwargs))
         assert batch["encoder_input_tokens"].shape == (DEVICES, 2, 32)
-        config.seq2seq = ml_collections.ConfigDict({"inputs_key": "nope"})
+        config.seq2seq.inputs_key = "nope"
         with pytest.raises(corpora.DataError, match="seq2seq.inputs_key='nope' is not a feature"):
             sp.seq2seq_eval_texts(config, data_dir=str(tmp_path))
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ptjax import config as config_lib
-from ptjax.data import corpora
 from ptjax.data import span_corruption as sc
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import train_tokenizer
 
@@ -116,10 +116,12 @@ def test_deterministic_from_the_seed():
 
 
 def test_sentinels_never_collide_with_a_real_tokenizer(tmp_path):
-    tok = train_tokenizer(corpora.bible_verses()[:300], str(tmp_path / "t.model"), vocab_size=400)
+    tok = train_tokenizer(
+        text_builders.bible_verses()[:300], str(tmp_path / "t.model"), vocab_size=400
+    )
     vocab_size = sc.model_vocab_size(tok.vocab_size)  # T5's layout: pieces + 100 extra ids.
     assert vocab_size == tok.vocab_size + 100
-    text = " ".join(corpora.bible_verses()[1000:1100])
+    text = " ".join(text_builders.bible_verses()[1000:1100])
     ids = tok.encode(text)
     assert max(ids) < tok.vocab_size
     tokens_length, _ = sc.random_spans_helper(128)

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 from absl import flags
 
-from ptjax.data import corpora
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tokenizer import Tokenizer, check_vocab, train_tokenizer
 
 VOCAB = 400
@@ -25,7 +25,7 @@ TEXTS = [
 
 @pytest.fixture(scope="session")
 def verses() -> list[str]:
-    return corpora.bible_verses()[:500]
+    return text_builders.bible_verses()[:500]
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +99,7 @@ def test_training_errors(tmp_path, verses):
 
 def test_script(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(corpora.bible_verses()[1000:1400]), encoding="utf-8")
+    corpus.write_text("\n".join(text_builders.bible_verses()[1000:1400]), encoding="utf-8")
     script = pathlib.Path(__file__).parents[1] / "scripts" / "train_tokenizer.py"
     spec = importlib.util.spec_from_file_location("train_tokenizer_script", script)
     module = importlib.util.module_from_spec(spec)

@@ -2,7 +2,7 @@
 
 Every array of a batch is numpy, shaped [local_device_count, per_device_batch_size, ...] for pmap.
 Train iterators are infinite, deterministic from `config.seed` and checkpointable
-(`pipeline.DataIterator`); eval iterators cover their split once, the last batch padded with
+(`iterators.DataIterator`); eval iterators cover their split once, the last batch padded with
 all-zero rows of weight 0, and every process yields the same number of batches.
 
 Masked-LM rows (`mlm_rows`). Documents are tokenised in groups of DOCS_PER_TOKENIZE_CALL. A
@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from ptjax import config as config_lib
-from ptjax.data import corpora, datasets, mlm, pipeline
+from ptjax.data import corpora, datasets, iterators, mlm
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -147,7 +147,7 @@ def _mlm_row_dataset(
         special,
         seq_len,
         pairs,
-        pipeline._derive_seed(config.seed, "sentence_pairs"),
+        iterators.derive_seed(config.seed, "sentence_pairs"),
     )
 
     def build(index: tf.Tensor, batch: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -157,49 +157,43 @@ def _mlm_row_dataset(
         types.set_shape([None, seq_len])
         return {"ids": ids, "token_type_ids": types}
 
-    groups = texts.batch(pipeline.DOCS_PER_TOKENIZE_CALL).enumerate()
+    groups = texts.batch(iterators.DOCS_PER_TOKENIZE_CALL).enumerate()
     rows = groups.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return rows.unbatch()
 
 
-def _mlm_batches(
-    rows: tf.data.Dataset,
-    tokenizer: Tokenizer,
-    config: ml_collections.ConfigDict,
-    *,
-    batch_size: int,
-    local_device_count: int,
-    seed: int,
-) -> tf.data.Dataset:
-    """Rows -> masked MLM batches [local_devices, per_device_batch, seq_len] (MLM_KEYS)."""
+def _mlm_features(
+    tokenizer: Tokenizer, config: ml_collections.ConfigDict, seed: int
+) -> iterators.BatchFeatures:
+    """Batched rows -> masked MLM features (MLM_KEYS), masks drawn from `seed`."""
     special = mlm.bert_special_ids(tokenizer)
-    batches = rows.batch(batch_size, drop_remainder=True)  # [batch, seq_len]
-    batches = mlm.mask_dataset(
-        batches,
-        seed=seed,
-        ids_key="ids",
-        word_starts=mlm.word_start_table(tokenizer) if config.mlm.whole_word else None,
-        vocab_size=tokenizer.vocab_size,
-        mask_id=special.mask,
-        special_ids=special.all,
-        pad_id=special.pad,
-        mask_rate=config.mlm.mask_rate,
-        random_rate=config.mlm.random_rate,
-        keep_rate=config.mlm.keep_rate,
-    )
 
     def features(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        out = {
+        return {
             "input_ids": batch["inputs"],
             "targets": batch["targets"],
             "weights": batch["weights"],
             "token_type_ids": batch["token_type_ids"],
             "attention_mask": tf.cast(tf.not_equal(batch["ids"], special.pad), tf.int32),
         }
-        return pipeline._to_device_shape(out, local_device_count, config.per_device_batch_size)
 
-    batches = batches.map(features, num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE).with_options(pipeline._options())
+    def masked(batches: tf.data.Dataset) -> tf.data.Dataset:
+        batches = mlm.mask_dataset(
+            batches,
+            seed=seed,
+            ids_key="ids",
+            word_starts=mlm.word_start_table(tokenizer) if config.mlm.whole_word else None,
+            vocab_size=tokenizer.vocab_size,
+            mask_id=special.mask,
+            special_ids=special.all,
+            pad_id=special.pad,
+            mask_rate=config.mlm.mask_rate,
+            random_rate=config.mlm.random_rate,
+            keep_rate=config.mlm.keep_rate,
+        )
+        return batches.map(features, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return masked
 
 
 def mlm_train_batches(
@@ -210,7 +204,7 @@ def mlm_train_batches(
     process_index: int,
     process_count: int,
     local_device_count: int,
-) -> pipeline.DataIterator:
+) -> iterators.DataIterator:
     """Infinite masked-LM batches of this process's shard (MLM_KEYS), deterministic from the seed.
 
     Documents are shuffled (every epoch anew), cut and packed into rows, rows shuffled again,
@@ -218,37 +212,30 @@ def mlm_train_batches(
     """
     _check_seq_len(config.seq_len, config.mlm.sentence_pairs)
     mlm.bert_special_ids(tokenizer)  # A tokenizer without [CLS]/[SEP]/[MASK] fails here.
-    batch_size = pipeline._global_batch(config, local_device_count)
-    dataset, split = config.dataset, config.dataset.train_split
+    iterators.global_batch_size(config, local_device_count)  # A bad device count fails first.
     texts = corpora.load_texts(
-        dataset,
-        split,
+        config.dataset,
+        config.dataset.train_split,
         data_dir=data_dir,
         shard=(process_index, process_count),
         shuffle_files=True,
-        seed=pipeline._derive_seed(config.seed, "files"),
+        seed=iterators.derive_seed(config.seed, "files"),
     )
-    if int(texts.cardinality()) == 0:
-        raise corpora.DataError(
-            f"Process {process_index} of {process_count} got no documents of split {split!r} of "
-            f"dataset {dataset.name!r}; the split has fewer documents than processes."
-        )
-    texts = texts.shuffle(
-        dataset.shuffle_buffer,
-        seed=pipeline._derive_seed(config.seed, "documents"),
-        reshuffle_each_iteration=True,
-    ).repeat()
-    rows = _mlm_row_dataset(texts, tokenizer, config)
-    rows = rows.shuffle(dataset.shuffle_buffer, seed=pipeline._derive_seed(config.seed, "rows"))
-    batches = _mlm_batches(
-        rows,
-        tokenizer,
+    texts = iterators.shuffled_epochs(
+        texts,
         config,
-        batch_size=batch_size,
-        local_device_count=local_device_count,
-        seed=pipeline._derive_seed(config.seed, "masks"),
+        purpose="documents",
+        process_index=process_index,
+        process_count=process_count,
     )
-    return pipeline.DataIterator(batches, process_index=process_index, process_count=process_count)
+    return iterators.train_iterator(
+        _mlm_row_dataset(texts, tokenizer, config),
+        config,
+        process_index=process_index,
+        process_count=process_count,
+        local_device_count=local_device_count,
+        features=_mlm_features(tokenizer, config, iterators.derive_seed(config.seed, "masks")),
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -272,7 +259,7 @@ def _mlm_eval_rows_per_process(
             dataset, split, data_dir=data_dir, shard=(process_index, process_count)
         )
         rows = 0
-        for group in texts.batch(pipeline.DOCS_PER_TOKENIZE_CALL).as_numpy_iterator():
+        for group in texts.batch(iterators.DOCS_PER_TOKENIZE_CALL).as_numpy_iterator():
             ids, _ = mlm_rows(
                 tokenizer.encode_batch(list(group)),
                 seq_len=seq_len,
@@ -296,7 +283,7 @@ def mlm_eval_num_batches(
     local_device_count: int,
 ) -> int:
     """MLM eval batches every process yields: the longest shard's, capped by max_eval_batches."""
-    batch_size = pipeline._global_batch(config, local_device_count)
+    batch_size = iterators.global_batch_size(config, local_device_count)
     cap = config.dataset.max_eval_batches
     rows = _mlm_eval_rows_per_process(
         tuple(sorted(config.dataset.to_dict().items())),
@@ -308,7 +295,7 @@ def mlm_eval_num_batches(
         process_count,
         cap * batch_size,
     )
-    return pipeline.num_eval_batches(rows, batch_size, cap)
+    return iterators.num_eval_batches(rows, batch_size, cap)
 
 
 def mlm_eval_batches(
@@ -328,7 +315,6 @@ def mlm_eval_batches(
     """
     _check_seq_len(config.seq_len, config.mlm.sentence_pairs)
     mlm.bert_special_ids(tokenizer)
-    batch_size = pipeline._global_batch(config, local_device_count)
     num_batches = mlm_eval_num_batches(
         config,
         tokenizer,
@@ -342,19 +328,15 @@ def mlm_eval_batches(
         data_dir=data_dir,
         shard=(process_index, process_count),
     )
-    rows = _mlm_row_dataset(texts, tokenizer, config)
     zeros = tf.zeros([config.seq_len], tf.int32)
-    padding = tf.data.Dataset.from_tensors({"ids": zeros, "token_type_ids": zeros}).repeat()
-    rows = rows.concatenate(padding).take(num_batches * batch_size)
-    batches = _mlm_batches(
-        rows,
-        tokenizer,
+    return iterators.eval_iterator(
+        _mlm_row_dataset(texts, tokenizer, config),
+        {"ids": zeros, "token_type_ids": zeros},
         config,
-        batch_size=batch_size,
+        num_batches=num_batches,
         local_device_count=local_device_count,
-        seed=pipeline._derive_seed(config.seed, "eval_masks"),
+        features=_mlm_features(tokenizer, config, iterators.derive_seed(config.seed, "eval_masks")),
     )
-    return batches.as_numpy_iterator()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,15 +359,14 @@ def example_fields(
 
     `ptjax_spam` and `labeled_files` use their own fields (text, text_b when the files have it,
     label). Catalogue datasets use dataset.text_key / text_b_key / label_key, where a key left at
-    its schema default takes the dataset's known field (datasets.CLASSIFICATION_FIELDS).
+    its schema default takes the dataset's known field (datasets.REGISTRY).
     """
-    name = corpora.base_name(config_dataset.name)
     available = sorted(features.keys())
-    if name in _LOCAL_LABELED:
+    if datasets.base_name(config_dataset.name) in _LOCAL_LABELED:
         fields = ExampleFields("text", "text_b" if "text_b" in features else "", "label")
     else:
         schema = (_SCHEMA.text_key, _SCHEMA.text_b_key)
-        known_text, known_b = datasets.CLASSIFICATION_FIELDS.get(name, schema)
+        known_text, known_b = datasets.facts(config_dataset.name).text_fields or schema
         text = config_dataset.text_key
         text_b = config_dataset.text_b_key
         fields = ExampleFields(
@@ -513,7 +494,7 @@ def _load_examples(
         empty = {k: tf.constant([], tf.int32 if k == "label" else tf.string) for k in keys}
         return tf.data.Dataset.from_tensor_slices(empty)
     read_config = tfds.ReadConfig(
-        shuffle_seed=pipeline._derive_seed(config.seed, "files"),
+        shuffle_seed=iterators.derive_seed(config.seed, "files"),
         shuffle_reshuffle_each_iteration=True,
         try_autocache=False,  # A cache would be saved whole in every iterator checkpoint.
     )
@@ -566,25 +547,8 @@ def _encoded(
             "weights": tf.ones_like(batch["label"], tf.float32),
         }
 
-    batches = examples.batch(pipeline.DOCS_PER_TOKENIZE_CALL)
+    batches = examples.batch(iterators.DOCS_PER_TOKENIZE_CALL)
     return batches.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-
-
-def _classification_batches(
-    rows: tf.data.Dataset, config: ml_collections.ConfigDict, batch_size: int, devices: int
-) -> tf.data.Dataset:
-    """Rows -> batches [local_devices, per_device_batch, ...] (labels/weights [D, B])."""
-    per_device = config.per_device_batch_size
-
-    def to_device_shape(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {
-            key: tf.reshape(value, [devices, per_device, *value.shape[1:]])
-            for key, value in batch.items()
-        }
-
-    batches = rows.batch(batch_size, drop_remainder=True)
-    batches = batches.map(to_device_shape, num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE).with_options(pipeline._options())
 
 
 def classification_train_batches(
@@ -595,35 +559,37 @@ def classification_train_batches(
     process_index: int,
     process_count: int,
     local_device_count: int,
-) -> pipeline.DataIterator:
+) -> iterators.DataIterator:
     """Infinite classification batches (CLASSIFICATION_KEYS) of this process's training shard.
 
     Examples are shuffled with a seeded buffer (anew every epoch), repeated and batched with
     drop_remainder; the iterator's position can be saved and restored exactly.
     """
-    batch_size = pipeline._global_batch(config, local_device_count)
-    split = config.dataset.train_split
+    iterators.global_batch_size(config, local_device_count)  # A bad device count fails first.
     examples = _load_examples(
         config,
-        split,
+        config.dataset.train_split,
         data_dir=data_dir,
         process_index=process_index,
         process_count=process_count,
         shuffle_files=True,
     )
-    if int(examples.cardinality()) == 0:
-        raise corpora.DataError(
-            f"Process {process_index} of {process_count} got no examples of split {split!r} of "
-            f"dataset {config.dataset.name!r}; the split has fewer examples than processes."
-        )
-    examples = examples.shuffle(
-        config.dataset.shuffle_buffer,
-        seed=pipeline._derive_seed(config.seed, "examples"),
-        reshuffle_each_iteration=True,
-    ).repeat()
-    rows = _encoded(examples, tokenizer, config)
-    batches = _classification_batches(rows, config, batch_size, local_device_count)
-    return pipeline.DataIterator(batches, process_index=process_index, process_count=process_count)
+    examples = iterators.shuffled_epochs(
+        examples,
+        config,
+        purpose="examples",
+        process_index=process_index,
+        process_count=process_count,
+        what="examples",
+    )
+    return iterators.train_iterator(
+        _encoded(examples, tokenizer, config),
+        config,
+        process_index=process_index,
+        process_count=process_count,
+        local_device_count=local_device_count,
+        shuffle_rows=False,
+    )
 
 
 def classification_eval_num_batches(
@@ -636,13 +602,13 @@ def classification_eval_num_batches(
 ) -> int:
     """Eval batches every process yields: the largest shard's, capped by max_eval_batches."""
     split = config.dataset.eval_split if split is None else split
-    batch_size = pipeline._global_batch(config, local_device_count)
+    batch_size = iterators.global_batch_size(config, local_device_count)
     builder, _ = _builder_and_fields(config, split, data_dir)
     sizes = [
         corpora.split_num_examples(builder, corpora.process_subsplit(split, i, process_count))
         for i in range(process_count)
     ]
-    return pipeline.num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
+    return iterators.num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
 
 
 def classification_eval_batches(
@@ -661,7 +627,6 @@ def classification_eval_batches(
     rows with weight 0, so every process yields `classification_eval_num_batches` batches.
     """
     split = config.dataset.eval_split if split is None else split
-    batch_size = pipeline._global_batch(config, local_device_count)
     num_batches = classification_eval_num_batches(
         config,
         split=split,
@@ -672,7 +637,6 @@ def classification_eval_batches(
     examples = _load_examples(
         config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
     )
-    rows = _encoded(examples, tokenizer, config)
     zeros = tf.zeros([config.seq_len], tf.int32)
     padding = {
         "input_ids": zeros,
@@ -681,7 +645,10 @@ def classification_eval_batches(
         "labels": tf.constant(0, tf.int32),
         "weights": tf.constant(0.0, tf.float32),
     }
-    rows = rows.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
-    rows = rows.take(num_batches * batch_size)
-    batches = _classification_batches(rows, config, batch_size, local_device_count)
-    return batches.as_numpy_iterator()
+    return iterators.eval_iterator(
+        _encoded(examples, tokenizer, config),
+        padding,
+        config,
+        num_batches=num_batches,
+        local_device_count=local_device_count,
+    )

@@ -1,7 +1,7 @@
 """Source files of the local corpora: paths and globs resolved, fingerprinted and opened, on
 local disks or any filesystem tf.io.gfile reaches; the error a corpus raises when its data
-cannot be used. Shared by ptjax.data.corpora, classification_corpora, translation_corpora and
-qa (a leaf below them all)."""
+cannot be used. Shared by ptjax.data.corpora, the builders (ptjax.data.builders) and qa (a
+leaf below them all)."""
 
 from __future__ import annotations
 

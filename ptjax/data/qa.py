@@ -28,7 +28,9 @@ from collections.abc import Iterator, Sequence
 import ml_collections
 import numpy as np
 
-from ptjax.data import classification_corpora, corpora, files, mlm, pipeline
+from ptjax.data import corpora, files, iterators, mlm
+from ptjax.data.builders import labeled
+from ptjax.data.builders import text as text_builders
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import Tokenizer
 
@@ -162,7 +164,7 @@ def read_qa_jsonl(paths: Sequence[str]) -> list[QAExample]:
                 f"{path}: qa_files reads JSONL (.jsonl), one object per line with id, question, "
                 "context and answers: [{text, answer_start}]."
             )
-        for line, record in classification_corpora.read_labeled(path):
+        for line, record in labeled.read_labeled(path):
             where = f"{path}:{line}"
             example = _record_example(record, where)
             if example.id in seen:
@@ -311,7 +313,9 @@ def demo_examples(split: str) -> list[QAExample]:
     per_passage, seed = DEMO_SPLITS[split]
     validation = split == "validation"
     passages = [
-        p for i, p in enumerate(corpora.bible_passages()) if corpora.is_holdout(i) == validation
+        p
+        for i, p in enumerate(text_builders.bible_passages())
+        if text_builders.is_holdout(i) == validation
     ]
     return make_learnable_qa(passages, per_passage * len(passages), seed)
 
@@ -499,7 +503,7 @@ def qa_train_batches(
     process_index: int,
     process_count: int,
     local_device_count: int,
-) -> pipeline.DataIterator:
+) -> iterators.DataIterator:
     """Infinite training batches of this process's features, deterministic from config.seed.
 
     Keys QA_KEYS: input_ids, token_type_ids, attention_mask [local_devices, per_device_batch,
@@ -508,7 +512,7 @@ def qa_train_batches(
     memory; each epoch visits all of them in a new seeded order (a shuffle of feature indices,
     so an iterator checkpoint holds indices, not rows).
     """
-    batch_size = pipeline._global_batch(config, local_device_count)
+    batch_size = iterators.global_batch_size(config, local_device_count)
     split = config.dataset.train_split
     examples = load_examples(
         config.dataset, split, data_dir=data_dir, shard=(process_index, process_count)
@@ -520,7 +524,7 @@ def qa_train_batches(
         starts.append(feature.start_position)
         ends.append(feature.end_position)
     if not input_ids:
-        raise ValueError(
+        raise files.DataError(
             f"Process {process_index} of {process_count} got no examples of split {split!r} of "
             f"dataset {config.dataset.name!r}; the split has fewer examples than processes."
         )
@@ -543,21 +547,23 @@ def qa_train_batches(
     def gather(indices: tf.Tensor) -> dict[str, tf.Tensor]:
         # Stateless: a pure function of the indices, so iterator checkpoints need not save it.
         values = tf.numpy_function(rows, [indices], [tf.int32] * 5 + [tf.float32], stateful=False)
-        batch = {}
         for key, value in zip(QA_KEYS, values, strict=True):
             value.set_shape([batch_size, seq_len] if key in QA_KEYS[:3] else [batch_size])
-            # [batch, ...] -> [local_devices, per_device_batch, ...]
-            batch[key] = tf.reshape(value, [local_device_count, -1, *value.shape[1:]])
-        return batch
+        return dict(zip(QA_KEYS, values, strict=True))
 
     count = len(input_ids)
     indices = tf.data.Dataset.range(count).shuffle(
-        count, seed=pipeline._derive_seed(config.seed, "qa_features"), reshuffle_each_iteration=True
+        count, seed=iterators.derive_seed(config.seed, "qa_features"), reshuffle_each_iteration=True
     )
-    batches = indices.repeat().batch(batch_size, drop_remainder=True)
-    batches = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    batches = batches.prefetch(tf.data.AUTOTUNE).with_options(pipeline._options())
-    return pipeline.DataIterator(batches, process_index=process_index, process_count=process_count)
+    return iterators.train_iterator(
+        indices.repeat(),
+        config,
+        process_index=process_index,
+        process_count=process_count,
+        local_device_count=local_device_count,
+        features=lambda batches: batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE),
+        shuffle_rows=False,
+    )
 
 
 def qa_eval_features(
@@ -580,7 +586,7 @@ def qa_eval_num_batches(
     num_features: int, config: ml_collections.ConfigDict, local_device_count: int
 ) -> int:
     """Batches that hold `num_features` features (take the max over processes for lockstep)."""
-    batch_size = pipeline._global_batch(config, local_device_count)
+    batch_size = iterators.global_batch_size(config, local_device_count)
     return -(-num_features // batch_size)
 
 
@@ -597,7 +603,7 @@ def qa_eval_batches(
     into `features`; padding rows (filling the last batch, and any batches up to `num_batches`
     so every process yields as many) are all zero with weight 0 and feature_index -1.
     """
-    batch_size = pipeline._global_batch(config, local_device_count)
+    batch_size = iterators.global_batch_size(config, local_device_count)
     needed = qa_eval_num_batches(len(features), config, local_device_count)
     if num_batches and num_batches < needed:
         raise ValueError(

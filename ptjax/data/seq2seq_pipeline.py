@@ -8,7 +8,7 @@ positions restart at 0 in each segment; `decoder_input_tokens` are the targets s
 with 0 as the start token, 0 again at every segment start and on padding (T5X's
 `autoregressive_inputs`); `decoder_loss_weights` is float32, 1 on every real target token
 (eos included). Train iterators are infinite, deterministic from config.seed and checkpointable
-(`pipeline.DataIterator`); eval iterators cover their split once, the last batch padded with
+(`iterators.DataIterator`); eval iterators cover their split once, the last batch padded with
 all-zero rows (weight 0), and every process yields the same number of batches.
 
 Lengths. Encoder length = config.seq_len. Decoder length = `seq2seq.target_len` when set (> 0),
@@ -27,22 +27,18 @@ Eval never packs: row i of the eval batches (flattened in order) is example i of
 `seq2seq_eval_texts`, so decoded rows line up with the reference texts for BLEU/ROUGE.
 
 Span corruption batches are ptjax.data.span_pipeline's, built from the rows and batches here.
-
-Config. The `seq2seq` keys below are read with these defaults until the schema declares them
-(ptjax.config): SEQ2SEQ_OPTIONS.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import ml_collections
 import numpy as np
 
 from ptjax import config as config_lib
-from ptjax.data import corpora, datasets, pipeline
+from ptjax.data import corpora, datasets, iterators
 from ptjax.data import span_corruption as sc
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import Tokenizer
@@ -61,26 +57,7 @@ SEQ2SEQ_KEYS = (
     "decoder_positions",
     "decoder_loss_weights",
 )
-# Proposed schema of `config.seq2seq` (key: default), read by `option` until ptjax.config has it.
-SEQ2SEQ_OPTIONS: dict[str, Any] = {
-    "target_len": 0,  # Decoder length; 0: seq_len (pairs) or random_spans_helper's (spans).
-    "extra_ids": sc.EXTRA_IDS,  # Sentinel ids above the tokenizer's pieces (model.vocab_size=0).
-    "noise_density": 0.15,  # Span corruption: share of tokens in noise spans.
-    "mean_noise_span_length": 3.0,  # Span corruption: mean noise span length.
-    "inputs_key": "",  # Text pairs: feature of the inputs; '': the dataset's (pair_fields).
-    "targets_key": "",  # Text pairs: feature of the targets; '': the dataset's.
-    "metrics": "",  # Eval text metrics, comma-separated (bleu, rouge, squad); '': by dataset.
-    "num_beams": 1,  # Eval decoding: 1 greedy, more for beam search.
-}
 REFERENCE_SEPARATOR = "\x1f"  # Joins a question's answers in load_pairs' 'references'.
-
-
-def option(config: ml_collections.ConfigDict, key: str) -> Any:
-    """config.seq2seq.<key>, or its SEQ2SEQ_OPTIONS default while the schema lacks it."""
-    section = config.get("seq2seq")  # Configs built without base_config() may lack it.
-    if section is None or key not in section:
-        return SEQ2SEQ_OPTIONS[key]
-    return section[key]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,7 +66,7 @@ def option(config: ml_collections.ConfigDict, key: str) -> Any:
 
 def seq2seq_lengths(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(encoder length, decoder length) of text-pair batches."""
-    target_len = option(config, "target_len") or config.seq_len
+    target_len = config.seq2seq.target_len or config.seq_len
     for key, value in (("seq_len", config.seq_len), ("seq2seq.target_len", target_len)):
         if value < 2:
             raise config_lib.ConfigError(
@@ -102,7 +79,7 @@ def model_vocab_size(config: ml_collections.ConfigDict, tokenizer: Tokenizer) ->
     """model.vocab_size when set, else the tokenizer's pieces + seq2seq.extra_ids sentinels."""
     if config.model.vocab_size > 0:
         return config.model.vocab_size
-    return sc.model_vocab_size(tokenizer.vocab_size, option(config, "extra_ids"))
+    return sc.model_vocab_size(tokenizer.vocab_size, config.seq2seq.extra_ids)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,33 +190,19 @@ def _pair_rows(
             out[key] = value
         return out
 
-    groups = pairs.batch(pipeline.DOCS_PER_TOKENIZE_CALL)
+    groups = pairs.batch(iterators.DOCS_PER_TOKENIZE_CALL)
     return groups.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
-def padding_rows(inputs_len: int, targets_len: int) -> tf.data.Dataset:
-    """All-zero rows (weight 0), forever."""
-    row = {
+def padding_row(inputs_len: int, targets_len: int) -> dict[str, tf.Tensor]:
+    """An all-zero row (weight 0)."""
+    return {
         key: tf.zeros(
             [inputs_len if key.startswith("encoder") else targets_len],
             tf.float32 if key == "decoder_loss_weights" else tf.int32,
         )
         for key in SEQ2SEQ_KEYS
     }
-    return tf.data.Dataset.from_tensors(row).repeat()
-
-
-def to_batches(
-    rows: tf.data.Dataset, config: ml_collections.ConfigDict, local_device_count: int
-) -> tf.data.Dataset:
-    """Rows -> batches [local_devices, per_device_batch, length]."""
-    batch_size = pipeline._global_batch(config, local_device_count)
-    batches = rows.batch(batch_size, drop_remainder=True)  # [batch, length]
-    batches = batches.map(
-        lambda b: pipeline._to_device_shape(b, local_device_count, config.per_device_batch_size),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return batches.prefetch(tf.data.AUTOTUNE).with_options(pipeline._options())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,12 +216,12 @@ def pair_fields(
 
     A feature that is missing or not text raises DataError naming the dataset's features.
     """
-    name = corpora.base_name(config.dataset.name)
     features = builder.info.features
     # Translation sets get T5's prefix for whichever direction the keys choose.
+    name = datasets.base_name(config.dataset.name)
     translation = isinstance(features, tfds.features.Translation) or name == "ptjax_en_es"
-    inputs_key, targets_key = option(config, "inputs_key"), option(config, "targets_key")
-    known = datasets.PAIRS.get(name)
+    inputs_key, targets_key = config.seq2seq.inputs_key, config.seq2seq.targets_key
+    known = datasets.facts(config.dataset.name).pair
     if known is None:
         supervised = builder.info.supervised_keys
         pair = isinstance(supervised, tuple) and len(supervised) == 2
@@ -307,7 +270,7 @@ def _builder_and_fields(
 
 def is_qa(config: ml_collections.ConfigDict) -> bool:
     """Whether the dataset is a SQuAD-style QA set, read as question + context -> answer."""
-    return corpora.base_name(config.dataset.name) in datasets.QA_PAIR_DATASETS
+    return datasets.is_qa(config.dataset.name)
 
 
 def qa_inputs(question: str, context: str) -> str:
@@ -376,7 +339,7 @@ def load_pairs(
             {"inputs": empty, "targets": empty, "references": empty}
         )
     read_config = tfds.ReadConfig(
-        shuffle_seed=pipeline._derive_seed(config.seed, "files"),
+        shuffle_seed=iterators.derive_seed(config.seed, "files"),
         shuffle_reshuffle_each_iteration=True,
         try_autocache=False,  # A cache would be saved whole in every iterator checkpoint.
     )
@@ -401,7 +364,7 @@ def seq2seq_train_batches(
     process_count: int,
     local_device_count: int,
     pack: bool = True,
-) -> pipeline.DataIterator:
+) -> iterators.DataIterator:
     """Infinite (inputs, targets) batches (SEQ2SEQ_KEYS) of this process's training shard.
 
     Examples are shuffled with a seeded buffer (anew every epoch), repeated, encoded, packed
@@ -417,22 +380,21 @@ def seq2seq_train_batches(
         process_count=process_count,
         shuffle_files=True,
     )
-    if int(pairs.cardinality()) == 0:
-        raise corpora.DataError(
-            f"Process {process_index} of {process_count} got no examples of split {split!r} of "
-            f"dataset {config.dataset.name!r}; the split has fewer examples than processes."
-        )
-    pairs = pairs.shuffle(
-        config.dataset.shuffle_buffer,
-        seed=pipeline._derive_seed(config.seed, "examples"),
-        reshuffle_each_iteration=True,
-    ).repeat()
-    rows = _pair_rows(pairs, tokenizer, inputs_len, targets_len, pack)
-    rows = rows.shuffle(
-        config.dataset.shuffle_buffer, seed=pipeline._derive_seed(config.seed, "rows")
+    pairs = iterators.shuffled_epochs(
+        pairs,
+        config,
+        purpose="examples",
+        process_index=process_index,
+        process_count=process_count,
+        what="examples",
     )
-    batches = to_batches(rows, config, local_device_count)
-    return pipeline.DataIterator(batches, process_index=process_index, process_count=process_count)
+    return iterators.train_iterator(
+        _pair_rows(pairs, tokenizer, inputs_len, targets_len, pack),
+        config,
+        process_index=process_index,
+        process_count=process_count,
+        local_device_count=local_device_count,
+    )
 
 
 def seq2seq_eval_num_batches(
@@ -445,9 +407,9 @@ def seq2seq_eval_num_batches(
 ) -> int:
     """Eval batches every process yields: the largest shard's, capped by max_eval_batches."""
     split = config.dataset.eval_split if split is None else split
-    batch_size = pipeline._global_batch(config, local_device_count)
+    batch_size = iterators.global_batch_size(config, local_device_count)
     sizes = split_sizes(config, split, data_dir=data_dir, process_count=process_count)
-    return pipeline.num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
+    return iterators.num_eval_batches(sizes, batch_size, config.dataset.max_eval_batches)
 
 
 def seq2seq_eval_batches(
@@ -478,10 +440,13 @@ def seq2seq_eval_batches(
     pairs = load_pairs(
         config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
     )
-    rows = _pair_rows(pairs, tokenizer, inputs_len, targets_len, pack=False)
-    rows = rows.concatenate(padding_rows(inputs_len, targets_len))
-    rows = rows.take(num_batches * pipeline._global_batch(config, local_device_count))
-    return to_batches(rows, config, local_device_count).as_numpy_iterator()
+    return iterators.eval_iterator(
+        _pair_rows(pairs, tokenizer, inputs_len, targets_len, pack=False),
+        padding_row(inputs_len, targets_len),
+        config,
+        num_batches=num_batches,
+        local_device_count=local_device_count,
+    )
 
 
 def _eval_pairs(
@@ -498,7 +463,7 @@ def _eval_pairs(
         config, split, data_dir=data_dir, process_index=process_index, process_count=process_count
     )
     if config.dataset.max_eval_batches > 0:
-        batch_size = pipeline._global_batch(config, local_device_count)
+        batch_size = iterators.global_batch_size(config, local_device_count)
         pairs = pairs.take(config.dataset.max_eval_batches * batch_size)
     return [
         {key: value.decode("utf-8") for key, value in pair.items()}

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from ptjax import config as config_lib
-from ptjax.data import corpora, pipeline, seq2seq_pipeline
+from ptjax.data import corpora, iterators, seq2seq_pipeline
 from ptjax.data import span_corruption as sc
 from ptjax.data.tf_setup import import_tf
 from ptjax.data.tokenizer import Tokenizer, load_tokenizer
@@ -34,10 +34,10 @@ def span_corruption_lengths(config: ml_collections.ConfigDict) -> tuple[int, int
     """(raw tokens per chunk, encoder length, decoder length) of span-corruption batches."""
     tokens_length, targets_length = sc.random_spans_helper(
         config.seq_len,
-        noise_density=seq2seq_pipeline.option(config, "noise_density"),
-        mean_noise_span_length=seq2seq_pipeline.option(config, "mean_noise_span_length"),
+        noise_density=config.seq2seq.noise_density,
+        mean_noise_span_length=config.seq2seq.mean_noise_span_length,
     )
-    target_len = seq2seq_pipeline.option(config, "target_len") or targets_length
+    target_len = config.seq2seq.target_len or targets_length
     if target_len < targets_length:
         raise config_lib.ConfigError(
             f"Config key seq2seq.target_len={target_len} is shorter than the {targets_length} "
@@ -50,9 +50,8 @@ def span_corruption_lengths(config: ml_collections.ConfigDict) -> tuple[int, int
 def _span_vocab(config: ml_collections.ConfigDict, tokenizer: Tokenizer, tokens_length: int) -> int:
     """The model vocabulary, checked to hold a sentinel for every span of a full chunk."""
     vocab_size = seq2seq_pipeline.model_vocab_size(config, tokenizer)
-    option = functools.partial(seq2seq_pipeline.option, config)
     _, num_spans = sc.noise_counts(
-        tokens_length, option("noise_density"), option("mean_noise_span_length")
+        tokens_length, config.seq2seq.noise_density, config.seq2seq.mean_noise_span_length
     )
     sc.check_sentinel_room(tokenizer.vocab_size, vocab_size, num_spans)
     return vocab_size
@@ -108,7 +107,7 @@ def _span_rows(
         tokens.set_shape([None])
         return tokens
 
-    groups = texts.batch(pipeline.DOCS_PER_TOKENIZE_CALL).map(
+    groups = texts.batch(iterators.DOCS_PER_TOKENIZE_CALL).map(
         tokens_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     pairs = sc.corrupt_dataset(
@@ -116,8 +115,8 @@ def _span_rows(
         seed=seed,
         vocab_size=vocab_size,
         eos_id=tokenizer.eos_id,
-        noise_density=seq2seq_pipeline.option(config, "noise_density"),
-        mean_noise_span_length=seq2seq_pipeline.option(config, "mean_noise_span_length"),
+        noise_density=config.seq2seq.noise_density,
+        mean_noise_span_length=config.seq2seq.mean_noise_span_length,
     )
 
     def features(pair: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -148,38 +147,38 @@ def span_corruption_train_batches(
     process_index: int,
     process_count: int,
     local_device_count: int,
-) -> pipeline.DataIterator:
+) -> iterators.DataIterator:
     """Infinite span-corruption batches (SEQ2SEQ_KEYS) of this process's shard of documents.
 
     Documents are shuffled (anew every epoch), concatenated, chunked and corrupted (chunk i of
     the run with seed (derived seed, i)); rows are shuffled and batched; checkpointable.
     """
     span_corruption_lengths(config)  # A too-short seq_len or target_len fails here.
-    dataset, split = config.dataset, config.dataset.train_split
     texts = corpora.load_texts(
-        dataset,
-        split,
+        config.dataset,
+        config.dataset.train_split,
         data_dir=data_dir,
         shard=(process_index, process_count),
         shuffle_files=True,
-        seed=pipeline._derive_seed(config.seed, "files"),
+        seed=iterators.derive_seed(config.seed, "files"),
     )
-    if int(texts.cardinality()) == 0:
-        raise corpora.DataError(
-            f"Process {process_index} of {process_count} got no documents of split {split!r} of "
-            f"dataset {dataset.name!r}; the split has fewer documents than processes."
-        )
-    texts = texts.shuffle(
-        dataset.shuffle_buffer,
-        seed=pipeline._derive_seed(config.seed, "documents"),
-        reshuffle_each_iteration=True,
-    ).repeat()
+    texts = iterators.shuffled_epochs(
+        texts,
+        config,
+        purpose="documents",
+        process_index=process_index,
+        process_count=process_count,
+    )
     rows = _span_rows(
-        texts, tokenizer, config, seed=pipeline._derive_seed(config.seed, "noise"), flush=False
+        texts, tokenizer, config, seed=iterators.derive_seed(config.seed, "noise"), flush=False
     )
-    rows = rows.shuffle(dataset.shuffle_buffer, seed=pipeline._derive_seed(config.seed, "rows"))
-    batches = seq2seq_pipeline.to_batches(rows, config, local_device_count)
-    return pipeline.DataIterator(batches, process_index=process_index, process_count=process_count)
+    return iterators.train_iterator(
+        rows,
+        config,
+        process_index=process_index,
+        process_count=process_count,
+        local_device_count=local_device_count,
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -200,7 +199,7 @@ def _span_eval_rows_per_process(
             dataset, split, data_dir=data_dir, shard=(process_index, process_count)
         )
         num_tokens = 0
-        for group in texts.batch(pipeline.DOCS_PER_TOKENIZE_CALL).as_numpy_iterator():
+        for group in texts.batch(iterators.DOCS_PER_TOKENIZE_CALL).as_numpy_iterator():
             num_tokens += sum(map(len, tokenizer.encode_batch(list(group))))
         counts.append(math.ceil(num_tokens / tokens_length))
     return tuple(counts)
@@ -224,8 +223,8 @@ def span_corruption_eval_num_batches(
         tokens_length,
         process_count,
     )
-    batch_size = pipeline._global_batch(config, local_device_count)
-    return pipeline.num_eval_batches(rows, batch_size, config.dataset.max_eval_batches)
+    batch_size = iterators.global_batch_size(config, local_device_count)
+    return iterators.num_eval_batches(rows, batch_size, config.dataset.max_eval_batches)
 
 
 def span_corruption_eval_batches(
@@ -258,8 +257,12 @@ def span_corruption_eval_batches(
         shard=(process_index, process_count),
     )
     rows = _span_rows(
-        texts, tokenizer, config, seed=pipeline._derive_seed(config.seed, "eval_noise"), flush=True
+        texts, tokenizer, config, seed=iterators.derive_seed(config.seed, "eval_noise"), flush=True
     )
-    rows = rows.concatenate(seq2seq_pipeline.padding_rows(inputs_len, targets_len))
-    rows = rows.take(num_batches * pipeline._global_batch(config, local_device_count))
-    return seq2seq_pipeline.to_batches(rows, config, local_device_count).as_numpy_iterator()
+    return iterators.eval_iterator(
+        rows,
+        seq2seq_pipeline.padding_row(inputs_len, targets_len),
+        config,
+        num_batches=num_batches,
+        local_device_count=local_device_count,
+    )

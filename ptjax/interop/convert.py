@@ -27,6 +27,7 @@ a non-empty directory; both build in a temporary sibling and rename it into plac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -96,7 +97,7 @@ def load_hf(hf_dir: str) -> HFModel:
     notes: list[str] = []
     head_kwargs: dict[str, Any] = {}
     if kind is hf_bert:
-        labels = hf_bert.num_labels(hf) if task == "classification" else 0
+        labels = hf_bert.num_labels(hf) if head == hf_bert.CLASSIFIER else 0
         if labels:
             head_kwargs["num_labels"] = labels
         params, report = hf_bert.params_and_report(
@@ -125,16 +126,18 @@ def load_hf(hf_dir: str) -> HFModel:
     return HFModel(family, task, arch, cfg, params, head_kwargs, hf, notes)
 
 
-def _preset(family: str, task: str, size: str) -> ml_collections.ConfigDict:
-    if family == "gpt":
-        return config_presets.gpt_config(size)
-    if family == "t5":
-        return config_presets.t5_config(size, task="seq2seq")
-    if task == "classification":
-        return config_presets.bert_classification_config(size)
-    if task == "extractive_qa":
-        return config_presets.bert_qa_config(size)
-    return config_presets.bert_config(size)
+# The preset an imported model's run starts from, by the task its architecture serves.
+PRESETS = {
+    "causal_lm": config_presets.gpt_config,
+    "seq2seq": functools.partial(config_presets.t5_config, task="seq2seq"),
+    "masked_lm": config_presets.bert_config,
+    "classification": config_presets.bert_classification_config,
+    "extractive_qa": config_presets.bert_qa_config,
+}
+
+
+def _preset(task: str, size: str) -> ml_collections.ConfigDict:
+    return PRESETS[task](size)
 
 
 def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDict:
@@ -145,7 +148,7 @@ def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDic
     want = dataclasses.asdict(cfg)
     near: list[tuple[int, str, list[str]]] = []
     for size in family.sizes:
-        c = _preset(model.family, model.task, size)
+        c = _preset(model.task, size)
         c.model.vocab_size = cfg.vocab_size
         c.model.max_len = cfg.max_len
         c.model.dropout_rate = cfg.dropout_rate
@@ -272,7 +275,7 @@ def import_hf(hf_dir: str, out_workdir: str) -> HFModel:
         _write_json(os.path.join(tmp, "config.json"), config.to_dict(), indent=2, sort_keys=True)
         _write_json(os.path.join(tmp, HF_CONFIG_COPY), model.hf_config, indent=2)
         labels = None
-        if model.task == "classification":  # The source's names, in label-id order.
+        if "num_labels" in model.head_kwargs:  # The source's names, in label-id order.
             id2label = model.hf_config.get("id2label") or {}
             count = model.head_kwargs.get("num_labels", 0)
             labels = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(count)]

@@ -42,11 +42,12 @@ from ptjax.models import bert, layers
 MODEL_TYPE = "bert"
 FAMILY = "bert"
 # HF architecture -> (ptjax task, head group the checkpoint must hold).
+CLASSIFIER = "classification"  # The head (parameter group) of a sequence classifier.
 ARCHITECTURES = {
     "BertModel": ("masked_lm", None),
     "BertForMaskedLM": ("masked_lm", "mlm"),
     "BertForPreTraining": ("masked_lm", "mlm"),
-    "BertForSequenceClassification": ("classification", "classification"),
+    "BertForSequenceClassification": ("classification", CLASSIFIER),
     "BertForQuestionAnswering": ("extractive_qa", "span"),
 }
 _HEAD_GROUPS = ("mlm", "classification", "span")
@@ -231,7 +232,7 @@ def export_architecture(params: dict[str, Any]) -> str:
     present = heads(params)
     if len(present) > 1:
         raise tm.ConversionError(f"Parameters hold several heads {present}; export one.")
-    by_head = {"mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification"}
+    by_head = {"mlm": "BertForMaskedLM", CLASSIFIER: "BertForSequenceClassification"}
     return by_head.get(present[0], "BertForQuestionAnswering") if present else "BertModel"
 
 
@@ -251,8 +252,8 @@ def params_to_hf(params: dict[str, Any], cfg: bert.BertConfig) -> tuple[dict[str
     if arch in ("BertForMaskedLM", "BertForQuestionAnswering"):
         params["bert"] = {k: v for k, v in params["bert"].items() if k != "pooler"}
     labels = 0
-    if "classification" in params:
-        labels = int(np.shape(params["classification"]["classifier"]["bias"])[0])
+    if CLASSIFIER in params:
+        labels = int(np.shape(params[CLASSIFIER]["classifier"]["bias"])[0])
     head = ARCHITECTURES[arch][1]
     sd = tm.to_hf(mapping(cfg, labels, required=(head,) if head else ()), params)
     if arch == "BertModel":

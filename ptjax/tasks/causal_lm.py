@@ -25,14 +25,14 @@ class CausalLM(Task):
         return {**{k: spec(rows, length) for k in keys}, "weights": spec(rows, length, dtype=float)}
 
     def train_batches(self, config, tokenizer, **kwargs) -> Any:
-        from ptjax.data import pipeline  # tf.data only where batches are made.
+        from ptjax.data import lm_pipeline  # tf.data only where batches are made.
 
-        return pipeline.lm_train_batches(config, tokenizer, **kwargs)
+        return lm_pipeline.lm_train_batches(config, tokenizer, **kwargs)
 
     def eval_batches(self, config, tokenizer, **kwargs) -> Any:
-        from ptjax.data import pipeline
+        from ptjax.data import lm_pipeline
 
-        return pipeline.lm_eval_batches(config, tokenizer, **kwargs)
+        return lm_pipeline.lm_eval_batches(config, tokenizer, **kwargs)
 
     def loss(
         self, model: nn.Module, params: Any, batch: dict, *, rng: jax.Array, train: bool

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ptjax.data import datasets  # The registry: no TensorFlow.
 from ptjax.tasks import losses
 from ptjax.tasks.base import Task, spec
 
@@ -121,12 +122,10 @@ class Seq2Seq(SpanCorruption):
     def input_prefix(self, config: ml_collections.ConfigDict) -> str:
         """The dataset's known prefix; none for chosen fields or QA ("question: ... context:
         ..." inputs)."""
-        from ptjax.data import corpora, datasets, seq2seq_pipeline
-
-        if seq2seq_pipeline.option(config, "inputs_key") or seq2seq_pipeline.is_qa(config):
+        known = datasets.facts(config.dataset.name)
+        if config.seq2seq.inputs_key or known.qa or known.pair is None:
             return ""
-        known = datasets.PAIRS.get(corpora.base_name(config.dataset.name))
-        return known.prefix if known else ""
+        return known.pair.prefix
 
     def train_batches(self, config, tokenizer, **kwargs) -> Any:
         from ptjax.data import seq2seq_pipeline
@@ -145,24 +144,15 @@ class Seq2Seq(SpanCorruption):
         return seq2seq_pipeline.pair_texts(config, data_dir=data_dir, max_texts=max_texts)
 
 
-# Datasets scored with ROUGE when seq2seq.metrics is '' (SQuAD-style sets get EM/F1, others BLEU).
-SUMMARIZATION_DATASETS = ("cnn_dailymail", "xsum", "gigaword", "multi_news", "samsum", "billsum")
-
-
 def decoded_metrics(config) -> tuple[str, ...]:
     """The text metrics (keys of text_metrics.METRICS) of config's seq2seq run: seq2seq.metrics,
     comma-separated, or by dataset when it is '' (summarization: rouge; QA: squad; else bleu)."""
     from ptjax import config as config_lib
-    from ptjax.data import corpora, seq2seq_pipeline
     from ptjax.evaluation import text_metrics
 
-    chosen = seq2seq_pipeline.option(config, "metrics")
+    chosen = config.seq2seq.metrics
     if not chosen:
-        if seq2seq_pipeline.is_qa(config):
-            return ("squad",)
-        if corpora.base_name(config.dataset.name) in SUMMARIZATION_DATASETS:
-            return ("rouge",)
-        return ("bleu",)
+        return datasets.default_metrics(config.dataset.name)
     names = tuple(n.strip() for n in chosen.split(",") if n.strip())
     unknown = [n for n in names if n not in text_metrics.METRICS]
     if unknown or not names or len(set(names)) != len(names):
@@ -243,7 +233,7 @@ class Seq2SeqWithDecoding(Seq2Seq):
             local_device_count=local_device_count,
         )
         _, targets_len = seq2seq_pipeline.seq2seq_lengths(config)
-        beams = seq2seq_pipeline.option(config, "num_beams")
+        beams = config.seq2seq.num_beams
         run = self._decoder(par, model, targets_len, tokenizer.eos_id, beams)
         total, rows = None, []
         for batch in seq2seq_pipeline.seq2seq_eval_batches(config, tokenizer, **kwargs):

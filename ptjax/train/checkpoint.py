@@ -119,7 +119,7 @@ class DataIteratorHandler(ocp.CheckpointHandler):
         try:
             args.iterator.restore(os.fspath(path))
         except FileNotFoundError:
-            # Iterator files of another process count (pipeline.DataIterator names them by
+            # Iterator files of another process count (iterators.DataIterator names them by
             # index and count) mean another layout; a missing file of our own, damage.
             prefix = getattr(args.iterator, "checkpoint_prefix", None)
             ours = os.path.basename(prefix(os.fspath(path))) + "." if prefix else None
