@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 import pytest
+import xla_env
 
 from ptjax import runtime
 from ptjax.config import ConfigError, base_config
@@ -205,7 +206,7 @@ def _free_port():
 def _start(role, index, count, port, timeout_s, devices=4):
     env = dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_env.xla_flags(devices=devices),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT,
         PTJAX_COORDINATOR=f"127.0.0.1:{port}",

@@ -5,7 +5,6 @@ import collections
 import os
 import traceback
 
-import test_train_e2e as e2e
 from absl import flags
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,9 +26,6 @@ HARMLESS = {"log_every_steps": (1, 100), "seed": (0, 10_000), "eval_every_steps"
 # Random configs per run of the suite; PTJAX_FUZZ_EXAMPLES=2000 for a deeper search (the
 # examples are derandomized, so a given count always tries the same configs).
 EXAMPLES = int(os.environ.get("PTJAX_FUZZ_EXAMPLES", "200"))
-
-data_dir = e2e.data_dir  # The e2e module's fixtures, set up once for this module too.
-tokenizer_file = e2e.tokenizer_file
 
 
 def parse(argv):

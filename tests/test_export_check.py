@@ -7,13 +7,14 @@ import subprocess
 import sys
 
 import pytest
+import xla_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = xla_env.xla_flags(devices=8)
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "export_check.py"), *args],
         env=env,

@@ -27,15 +27,13 @@ import time
 import numpy as np
 import pytest
 import test_train_e2e as e2e
+import xla_env
 from test_train_e2e import read_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 STOP = 3  # The interrupted runs stop (with a checkpoint) after this many steps.
 RTOL = 1e-5  # float32 round-off: the psum's order differs across processes.
-
-data_dir = e2e.data_dir  # The e2e module's fixtures: one corpus and tokenizer for this module.
-tokenizer_file = e2e.tokenizer_file
 
 
 # Meshes (data, fsdp, tensor) the mesh runs' step-3 checkpoint is resumed under, 2 x 4 devices.
@@ -184,7 +182,7 @@ class Run:
             port = s.getsockname()[1]
         env = dict(
             os.environ,
-            XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+            XLA_FLAGS=xla_env.xla_flags(devices=8 // processes),
             JAX_PLATFORMS="cpu",
             PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]),
             # The resumed runs reuse the compiled steps of the runs before them.

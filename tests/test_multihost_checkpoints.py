@@ -19,16 +19,13 @@ import sys
 import time
 
 import test_multihost as mh
-import test_train_e2e as e2e
+import xla_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 4 blocks 768 wide, the tiny tokenizer's 8000 pieces: 34.6M parameters, with AdamW's moments a
 # 415 MB float32 state; about 2 s a step on the 2-core test machine.
 BIG = {"model.num_layers": 4, "model.d_model": 768, "model.num_heads": 12, "model.d_ff": 3072}
 STEP_LINE = re.compile(r"step (\d+)/\d+  loss (\S+)")
-
-data_dir = e2e.data_dir
-tokenizer_file = e2e.tokenizer_file
 
 
 def _port():
@@ -40,7 +37,7 @@ def _port():
 def _cluster_env(index, port):
     return dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=xla_env.xla_flags(devices=4),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]),
         PTJAX_COORDINATOR=f"127.0.0.1:{port}",

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import pytest
 import test_train_e2e as e2e
+import xla_env
 from test_train_e2e import read_scalars, snapshot, tiny_config
 
 from ptjax.data import corpora
@@ -39,9 +40,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 30
 STEP_LINE = re.compile(rf"\] step (\d+)/{TOTAL} ")
 KILL_SEED = 2026
-
-data_dir = e2e.data_dir  # The e2e module's fixtures, set up once for this module too.
-tokenizer_file = e2e.tokenizer_file
 
 
 def read_losses(workdir):
@@ -85,9 +83,7 @@ class Run:
             f"--workdir={workdir}",
             *(f"--config.{k}={v}" for k, v in overrides.items()),
         ]
-        env = dict(
-            os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu"
-        )
+        env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(devices=1), JAX_PLATFORMS="cpu")
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -477,7 +473,7 @@ def test_two_processes_stop_at_the_same_step(tmp_path, signame):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(), JAX_PLATFORMS="cpu")
     workers = [
         subprocess.Popen(
             [sys.executable, str(script), str(i), port, signame],

@@ -197,9 +197,6 @@ def test_a_deeper_checkpoint_of_the_other_layout_is_named(gpt_states, tmp_path):
 
 # --- A run resumed with the other layout, then exported --------------------------------------
 
-data_dir = e2e.data_dir  # The e2e module's fixtures, set up once for this module too.
-tokenizer_file = e2e.tokenizer_file
-
 
 def test_a_run_resumes_scanned_and_exports(tmp_path, data_dir, tokenizer_file):
     """1 unscanned step under pmap, then the second with model.scan_layers=True on a

@@ -7,32 +7,16 @@ import os
 
 import numpy as np
 import pytest
+import xla_env
 
 from ptjax.config import ConfigError
 from ptjax.config_presets import gpt_config
-from ptjax.data import corpora
 from ptjax.data.tf_setup import import_tf
-from ptjax.data.tokenizer import train_tokenizer
 from ptjax.run import Run
 from ptjax.train import trainer
 from ptjax.train.checkpoint import CheckpointMismatchError
 
 tf = import_tf()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory, data_dir):
-    """A small sentencepiece model trained once for the module (the trainer's own path)."""
-    config = gpt_config("tiny")
-    path = str(tmp_path_factory.mktemp("spm") / "spm.model")
-    texts = corpora.iterate_texts(config.dataset, "train", data_dir=data_dir, max_texts=2000)
-    train_tokenizer(texts, path, vocab_size=512)
-    return path
 
 
 def tiny_config(data_dir, tokenizer_file, **changes):
@@ -297,7 +281,7 @@ def _generate_cli(*args):
     import sys
 
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "generate.py")
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(), JAX_PLATFORMS="cpu")
     return subprocess.run(
         [sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=300
     )
