@@ -64,6 +64,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.d_ff = 0
     c.model.d_kv = 0
     c.model.num_decoder_layers = 0
+    # Llama-style decoders (model.family='llama'; '' / 0 keep the size's): key/value heads of
+    # grouped-query attention, the rotary base, Llama 3's rotary scaling ('none' or
+    # 'llama3:FACTOR:LOW_FREQ_FACTOR:HIGH_FREQ_FACTOR:ORIGINAL_MAX_LEN'), the RMSNorm epsilon,
+    # and whether the output projection is the input embedding ('true' / 'false').
+    c.model.num_kv_heads = 0
+    c.model.rope_theta = 0.0
+    c.model.rope_scaling = ""
+    c.model.norm_eps = 0.0
+    c.model.tie_embeddings = ""
 
     # Data.
     c.dataset = ml_collections.ConfigDict()
@@ -192,6 +201,7 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.kernels": ("auto", "cpu", "xla"),
     "model.attention": ("auto", "xla", "cudnn", "splash"),
+    "model.tie_embeddings": ("", "true", "false"),
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "dataset.document_per": ("line", "file"),
     "tokenizer.model_type": ("unigram", "bpe"),
@@ -234,6 +244,9 @@ _RANGES = {
     "model.d_ff": (0, 1 << 22, "[]"),
     "model.d_kv": (0, 1 << 16, "[]"),
     "model.num_decoder_layers": (0, 4096, "[]"),
+    "model.num_kv_heads": (0, 4096, "[]"),
+    "model.rope_theta": (0.0, math.inf, "[)"),
+    "model.norm_eps": (0.0, 1.0, "[)"),
     "mlm.mask_rate": (0.0, 1.0, "[]"),
     "mlm.random_rate": (0.0, 1.0, "[]"),
     "mlm.keep_rate": (0.0, 1.0, "[]"),

@@ -109,6 +109,52 @@ def gpt_config(size: str) -> ml_collections.ConfigDict:
     return c
 
 
+# Per-size training defaults of Llama-style decoders: 'tiny' as GPT's; the published shapes
+# with SmolLM's recipe (2k context, lr 3e-3 for 135m/360m; 1b: Llama 3's 3e-4), sized for one
+# accelerator host.
+_LLAMA_TRAINING = {
+    "tiny": _GPT_TRAINING["tiny"],
+    "135m": dict(
+        seq_len=2048,
+        per_device_batch_size=8,
+        learning_rate=3e-3,
+        warmup_steps=2000,
+        total_steps=600_000,
+    ),  # fmt: skip
+    "360m": dict(
+        seq_len=2048,
+        per_device_batch_size=4,
+        learning_rate=3e-3,
+        warmup_steps=2000,
+        total_steps=600_000,
+    ),  # fmt: skip
+    "1b": dict(
+        seq_len=2048,
+        per_device_batch_size=2,
+        learning_rate=3e-4,
+        warmup_steps=2000,
+        total_steps=600_000,
+    ),  # fmt: skip
+}
+
+
+def llama_config(size: str) -> ml_collections.ConfigDict:
+    """Causal-LM pretraining of a Llama-style decoder of the named size on the bundled corpus
+    (ptjax.models.llama); evals and samples as GPT's."""
+    if size not in _LLAMA_TRAINING:
+        raise ConfigError(f"Llama size {size!r} is not one of {sorted(_LLAMA_TRAINING)}.")
+    c = gpt_config("tiny" if size == "tiny" else "small")  # Logging and sampling cadence.
+    t = _LLAMA_TRAINING[size]
+    base = _preset("llama", "causal_lm", size, t)
+    for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        base[key] = c[key]
+    base.sample_every_steps = c.sample_every_steps
+    base.sample_prompts = c.sample_prompts
+    base.tokenizer.vocab_size = c.tokenizer.vocab_size
+    base.optimizer.weight_decay = 0.1 if size != "tiny" else base.optimizer.weight_decay
+    return base
+
+
 # Per-size masked-LM pretraining defaults (BERT paper: 1M steps of 256 x 512 tokens for
 # base/large, lr 1e-4; Turc et al. 2019 for the miniatures; CPU-sized for 'tiny' and 'mini').
 _BERT_TRAINING = {

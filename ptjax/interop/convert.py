@@ -42,14 +42,25 @@ from ptjax import config_presets, models
 from ptjax import run as run_lib
 from ptjax.config import load_run_config
 from ptjax.data import tokenizer as tokenizer_lib
-from ptjax.interop import hf_bert, hf_gpt2, hf_pooling, hf_t5, hf_tokenizers, hf_weights
+from ptjax.interop import (
+    hf_bert,
+    hf_gpt2,
+    hf_llama,
+    hf_pooling,
+    hf_t5,
+    hf_tokenizers,
+    hf_weights,
+)
 from ptjax.interop.tensor_map import ConversionError
 from ptjax.models import scan
 from ptjax.run import validate
 
 # Hugging Face model_type -> its mapping module; ptjax family -> the same modules.
-KINDS: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (hf_bert, hf_gpt2, hf_t5)}
-BY_FAMILY: dict[str, ModuleType] = {m.FAMILY: m for m in (hf_bert, hf_gpt2, hf_t5)}
+_CONVERTERS = (hf_bert, hf_gpt2, hf_llama, hf_t5)
+KINDS: dict[str, ModuleType] = {
+    model_type: m for m in _CONVERTERS for model_type in getattr(m, "MODEL_TYPES", (m.MODEL_TYPE,))
+}
+BY_FAMILY: dict[str, ModuleType] = {m.FAMILY: m for m in _CONVERTERS}
 HF_CONFIG_COPY = "config.hf.json"  # The source's config.json, kept in the workdir.
 # Keys of a source config.json that an export regenerates rather than carries over.
 _REGENERATED = ("architectures", "scale_decoder_outputs", "transformers_version", "dtype")
@@ -128,16 +139,17 @@ def load_hf(hf_dir: str) -> HFModel:
 
 # The preset an imported model's run starts from, by the task its architecture serves.
 PRESETS = {
-    "causal_lm": config_presets.gpt_config,
-    "seq2seq": functools.partial(config_presets.t5_config, task="seq2seq"),
-    "masked_lm": config_presets.bert_config,
-    "classification": config_presets.bert_classification_config,
-    "extractive_qa": config_presets.bert_qa_config,
+    ("gpt", "causal_lm"): config_presets.gpt_config,
+    ("llama", "causal_lm"): config_presets.llama_config,
+    ("t5", "seq2seq"): functools.partial(config_presets.t5_config, task="seq2seq"),
+    ("bert", "masked_lm"): config_presets.bert_config,
+    ("bert", "classification"): config_presets.bert_classification_config,
+    ("bert", "extractive_qa"): config_presets.bert_qa_config,
 }
 
 
-def _preset(task: str, size: str) -> ml_collections.ConfigDict:
-    return PRESETS[task](size)
+def _preset(family: str, task: str, size: str) -> ml_collections.ConfigDict:
+    return PRESETS[family, task](size)
 
 
 def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDict:
@@ -148,7 +160,7 @@ def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDic
     want = dataclasses.asdict(cfg)
     near: list[tuple[int, str, list[str]]] = []
     for size in family.sizes:
-        c = _preset(model.task, size)
+        c = _preset(model.family, model.task, size)
         c.model.vocab_size = cfg.vocab_size
         c.model.max_len = cfg.max_len
         c.model.dropout_rate = cfg.dropout_rate
@@ -159,6 +171,11 @@ def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDic
             c.model.num_labels = model.head_kwargs.get("num_labels", 0)
         if model.family == "t5":
             c.seq2seq.extra_ids = cfg.vocab_size - tokenizer_vocab  # Sentinels above the pieces.
+        if model.family == "llama":  # Settings a run config carries beyond the shape.
+            c.model.rope_theta = cfg.rope_theta
+            c.model.rope_scaling = cfg.rope_scaling
+            c.model.norm_eps = cfg.norm_eps
+            c.model.tie_embeddings = "true" if cfg.tie_embeddings else "false"
         got = dataclasses.asdict(family.make_config(c))
         differing = [k for k in want if got[k] != want[k]]
         if not differing:
@@ -374,6 +391,8 @@ def export_hf(source: str, out_dir: str) -> str:
         hf = hf_bert.hf_config(cfg, arch, labels=labels, pad_id=tokenizer.pad_id)
     elif kind is hf_gpt2:
         hf = hf_gpt2.hf_config(cfg, arch, eos_id=tokenizer.eos_id)
+    elif kind is hf_llama:
+        hf = hf_llama.hf_config(cfg, arch, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
     else:
         hf = hf_t5.hf_config(cfg, arch, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
     source_config = os.path.join(workdir, HF_CONFIG_COPY)

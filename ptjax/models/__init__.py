@@ -10,10 +10,25 @@ import flax.linen as nn
 import ml_collections
 
 from ptjax.errors import ConfigError
-from ptjax.models import bert, gpt, t5, t5_decoding
+from ptjax.models import bert, gpt, llama, t5, t5_decoding
 
 # Run-config keys (model.<key>, 0: the named size's) that override a size's shape.
-SHAPE_KEYS = ("num_layers", "d_model", "num_heads", "d_ff", "d_kv", "num_decoder_layers")
+SHAPE_KEYS = (
+    "num_layers",
+    "d_model",
+    "num_heads",
+    "d_ff",
+    "d_kv",
+    "num_decoder_layers",
+    "num_kv_heads",
+)
+# Llama-style settings (model.<key>; '' and 0 keep the size's) and how a config field reads them.
+LLAMA_KEYS = {
+    "rope_theta": float,
+    "rope_scaling": str,
+    "norm_eps": float,
+    "tie_embeddings": lambda value: value == "true",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +85,10 @@ class ModelFamily:
             params["type_vocab_size"] = config.model.type_vocab_size
         if "pre_ln" in fields:
             params["pre_ln"] = config.model.pre_ln
+        for key, read in LLAMA_KEYS.items():
+            value = config.model.get(key, "")
+            if value and key in fields:
+                params[key] = read(value)
         return self.config_class(**params)
 
     def module_for(self, task: str) -> type[nn.Module]:
@@ -103,6 +122,22 @@ class ModelFamily:
                     f"Config key model.{key}={config.model[key]!r} applies to BERT-style "
                     f"encoders, not model.family={config.model.family!r}; leave it at its default."
                 )
+        for key in LLAMA_KEYS:
+            if key not in fields and config.model.get(key, ""):
+                raise ConfigError(
+                    f"Config key model.{key}={config.model[key]!r} applies to Llama-style "
+                    f"decoders, not model.family={config.model.family!r}; leave it at its default."
+                )
+        if "num_kv_heads" in fields and cfg.num_heads % cfg.num_kv_heads:
+            raise ConfigError(
+                f"model {config.model.family}/{config.model.size}: num_heads={cfg.num_heads} is "
+                f"not a multiple of num_kv_heads={cfg.num_kv_heads} (model.num_kv_heads)."
+            )
+        if "rope_scaling" in fields:
+            try:
+                llama.RopeScaling.parse(cfg.rope_scaling)
+            except ValueError as e:
+                raise ConfigError(f"Config key model.{e}") from None
         if not 0.0 <= cfg.dropout_rate < 1.0:
             raise ConfigError(
                 f"Config key model.dropout_rate={cfg.dropout_rate} must be in [0, 1)."
@@ -121,6 +156,14 @@ MODELS: dict[str, ModelFamily] = {
         flops_per_token=gpt.flops_per_token,
         decode_fns=gpt.decode_fns,
         decode_params=gpt.prepare_decode_params,
+    ),
+    "llama": ModelFamily(
+        module=llama.Llama,
+        config_class=llama.LlamaConfig,
+        sizes=llama.SIZES,
+        flops_per_token=llama.flops_per_token,
+        decode_fns=llama.decode_fns,
+        decode_params=llama.prepare_decode_params,
     ),
     "bert": ModelFamily(
         module=bert.BertForPretraining,

@@ -137,14 +137,7 @@ class GPT(nn.Module):
         if cache is None:
             mask = attention.Mask(segment_ids, segment_ids, causal=True)
         else:
-            index = cache["index"][0]  # Rows decode in lockstep; stored per row for beams.
-            if input_mask is None:
-                input_mask = jnp.ones(inputs.shape, bool)
-            key_mask = jax.lax.dynamic_update_slice(cache["key_mask"], input_mask, (0, index))
-            max_len = key_mask.shape[1]
-            query_at = index + jnp.arange(length)
-            causal = jnp.arange(max_len)[None, :] <= query_at[:, None]  # [length, max_len]
-            mask = causal[None, None] & key_mask[:, None, None, :]  # [batch, 1, length, max_len]
+            index, input_mask, key_mask, mask = cache_mask(cache, inputs, input_mask)
 
         embed = nn.Embed(
             cfg.vocab_size,
@@ -197,31 +190,60 @@ class GPT(nn.Module):
         logits = logits.astype(jnp.float32)
         if cache is None:
             return logits
-        new_cache = {
-            "index": cache["index"] + length,
-            "next_position": cache["next_position"] + jnp.sum(input_mask, axis=1, dtype=jnp.int32),
-            "key_mask": key_mask,
-            "layers": tuple(new_layers),
-        }
-        return logits, new_cache
+        return logits, next_cache(cache, length, input_mask, key_mask, tuple(new_layers))
 
 
-def init_cache(cfg: GPTConfig, batch: int, max_len: int) -> dict[str, Any]:
-    """An empty decoding cache for `max_len` positions (prompt + new tokens)."""
-    kv = (batch, cfg.num_heads, max_len, cfg.head_dim)  # Heads first: read in place.
-    dtype = jnp.dtype(cfg.dtype)
+def cache_mask(
+    cache: dict[str, Any], inputs: Array, input_mask: Array | None
+) -> tuple[Array, Array, Array, Array]:
+    """(write index, input mask, key mask, attention mask [batch, 1, length, max_len]) of a
+    decoding call on `inputs` [batch, length] with a cache: the inputs attend causally to
+    everything cached and to themselves; `input_mask` (default all True) marks real tokens."""
+    index = cache["index"][0]  # Rows decode in lockstep; stored per row for beams.
+    if input_mask is None:
+        input_mask = jnp.ones(inputs.shape, bool)
+    key_mask = jax.lax.dynamic_update_slice(cache["key_mask"], input_mask, (0, index))
+    max_len = key_mask.shape[1]
+    query_at = index + jnp.arange(inputs.shape[1])
+    causal = jnp.arange(max_len)[None, :] <= query_at[:, None]  # [length, max_len]
+    return index, input_mask, key_mask, causal[None, None] & key_mask[:, None, None, :]
+
+
+def next_cache(
+    cache: dict[str, Any], length: int, input_mask: Array, key_mask: Array, new_layers: tuple
+) -> dict[str, Any]:
+    """The cache after a decoding call wrote `length` positions."""
+    return {
+        "index": cache["index"] + length,
+        "next_position": cache["next_position"] + jnp.sum(input_mask, axis=1, dtype=jnp.int32),
+        "key_mask": key_mask,
+        "layers": new_layers,
+    }
+
+
+def empty_cache(
+    num_layers: int, heads: int, head_dim: int, dtype: str, batch: int, max_len: int
+) -> dict[str, Any]:
+    """An empty decoding cache of `heads` key/value heads for `max_len` positions."""
+    kv = (batch, heads, max_len, head_dim)  # Heads first: read in place.
     return {
         "index": jnp.zeros((batch,), jnp.int32),  # Next cache slot to write.
         "next_position": jnp.zeros((batch,), jnp.int32),  # Next position id (real tokens).
         "key_mask": jnp.zeros((batch, max_len), bool),
         "layers": tuple(
-            {"key": jnp.zeros(kv, dtype), "value": jnp.zeros(kv, dtype)}
-            for _ in range(cfg.num_layers)
+            {"key": jnp.zeros(kv, jnp.dtype(dtype)), "value": jnp.zeros(kv, jnp.dtype(dtype))}
+            for _ in range(num_layers)
         ),
     }
 
 
-_HEAD = "decode_output_kernel"
+def init_cache(cfg: GPTConfig, batch: int, max_len: int) -> dict[str, Any]:
+    """An empty decoding cache for `max_len` positions (prompt + new tokens)."""
+    return empty_cache(cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.dtype, batch, max_len)
+
+
+# The output projection [d_model, vocab], laid out once for decoding loops.
+DECODE_HEAD = "decode_output_kernel"
 
 
 def prepare_decode_params(params: Any) -> Any:
@@ -237,22 +259,25 @@ def prepare_decode_params(params: Any) -> Any:
         if name.startswith("h_") and "query" in params[name]["attn"]:
             block = params[name]
             params[name] = {**block, "attn": layers.fuse_qkv_for_decoding(block["attn"])}
-    return {**params, _HEAD: params["wte"]["embedding"].T}
+    return {**params, DECODE_HEAD: params["wte"]["embedding"].T}
 
 
-def decode_fns(model: GPT, max_new_tokens: int) -> tuple[Callable, Callable]:
+def decode_fns(
+    model: nn.Module, max_new_tokens: int, *, init_cache: Callable = init_cache
+) -> tuple[Callable, Callable]:
     """(prefill, step) for ptjax.decoding: prompts must be left-padded (mask False on pads).
 
     Both take the model's parameters, or `prepare_decode_params(params)` for faster steps.
     A model with scan_layers=True decodes as its unscanned clone (the same function), its
     parameters unstacked (best once, by prepare_decode_params, rather than at every step).
+    Decoders with GPT's interface (ptjax.models.llama) pass their own `init_cache`.
     """
     model = scan.unscanned(model)
 
     def split(params: Any) -> tuple[Any, Array | None]:
         params = scan.unstack_layers(params)
-        if _HEAD in params:
-            return {k: v for k, v in params.items() if k != _HEAD}, params[_HEAD]
+        if DECODE_HEAD in params:
+            return {k: v for k, v in params.items() if k != DECODE_HEAD}, params[DECODE_HEAD]
         return params, None
 
     def prefill(params: Any, prompt: Array, prompt_mask: Array) -> tuple[Array, dict]:

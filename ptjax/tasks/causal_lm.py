@@ -16,7 +16,7 @@ from ptjax.tasks.base import Task, spec
 
 class CausalLM(Task):
     name = "causal_lm"
-    families = ("gpt",)
+    families = ("gpt", "llama")
     samples_text = True  # Its model continues sample_prompts during training.
 
     def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
