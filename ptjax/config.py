@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.rope_scaling = ""
     c.model.norm_eps = 0.0
     c.model.tie_embeddings = ""
+    c.model.qkv_bias = ""  # 'true': biases on the query/key/value projections (Qwen2).
 
     # Data.
     c.dataset = ml_collections.ConfigDict()
@@ -202,6 +203,7 @@ _CHOICES = {
     "model.kernels": ("auto", "cpu", "xla"),
     "model.attention": ("auto", "xla", "cudnn", "splash"),
     "model.tie_embeddings": ("", "true", "false"),
+    "model.qkv_bias": ("", "true", "false"),
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "dataset.document_per": ("line", "file"),
     "tokenizer.model_type": ("unigram", "bpe"),

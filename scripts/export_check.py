@@ -32,7 +32,7 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 
 PLATFORMS = ("tpu", "cuda")
-FAMILIES = ("gpt", "bert", "t5")
+FAMILIES = ("gpt", "bert", "t5", "llama")
 MESH = (2, 2, 2)
 # Names the CPU-only forms leave in an exported module's locations, and the bit width of the
 # 16-bit Threefry mask.
@@ -47,6 +47,8 @@ def family_config(family: str):
 
     if family == "gpt":
         config = config_presets.gpt_config("tiny")
+    elif family == "llama":
+        config = config_presets.llama_config("tiny")
     elif family == "bert":
         config = config_presets.bert_config("tiny")
     else:

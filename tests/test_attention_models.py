@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from ptjax.models import attention, bert, gpt, t5
+from ptjax.models import attention, bert, gpt, llama, t5
 from ptjax.train import parallel
 
 SPLASH = attention.Choice(attention.SPLASH, interpret=True)
@@ -48,6 +48,31 @@ def gpt_case():
     )  # fmt: skip
     model, seg = gpt.GPT(cfg), packed(8, LENGTH)
     tokens = jax.random.randint(jax.random.key(1), seg.shape, 0, cfg.vocab_size)
+    batch = {"tokens": tokens, "segments": seg, "positions": positions_of(seg)}
+
+    def apply(params, batch, rng):
+        logits = model.apply(
+            {"params": params},
+            batch["tokens"],
+            batch["positions"],
+            batch["segments"],
+            deterministic=False,
+            rngs={"dropout": rng},
+        )
+        return logits, batch["segments"] > 0
+
+    params = model.init(jax.random.key(0), tokens[:1, :8])["params"]
+    return params, batch, apply, contextlib.nullcontext
+
+
+def llama_case():
+    """Grouped-query attention (4 query heads on 2 key/value heads), rotary positions."""
+    cfg = llama.LlamaConfig(
+        vocab_size=97, max_len=256, num_layers=2, num_heads=4, num_kv_heads=2, d_model=128,
+        d_ff=256, dropout_rate=0.1, attention_dropout_rate=0.0,
+    )  # fmt: skip
+    model, seg = llama.Llama(cfg), packed(8, LENGTH, seed=1)
+    tokens = jax.random.randint(jax.random.key(2), seg.shape, 0, cfg.vocab_size)
     batch = {"tokens": tokens, "segments": seg, "positions": positions_of(seg)}
 
     def apply(params, batch, rng):
@@ -155,7 +180,9 @@ def assert_same(got, want):
 
 
 @pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
-@pytest.mark.parametrize("case", [gpt_case, bert_case, t5_case], ids=["gpt", "bert", "t5"])
+@pytest.mark.parametrize(
+    "case", [gpt_case, bert_case, t5_case, llama_case], ids=["gpt", "bert", "t5", "llama"]
+)
 def test_training_loss_and_grads_match_xla(case):
     params, batch, apply, run_mode = case()
     want = loss_and_grads(None, params, batch, apply, contextlib.nullcontext)

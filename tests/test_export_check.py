@@ -30,15 +30,16 @@ def test_every_step_exports_for_tpu_and_cuda_without_a_cpu_form():
     code, result, done = _run()
     assert code == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert result["exported"] == {
-        platform: {family: "ok" for family in ("gpt", "bert", "t5")} for platform in ("tpu", "cuda")
+        platform: {family: "ok" for family in ("gpt", "bert", "t5", "llama")}
+        for platform in ("tpu", "cuda")
     }
     assert result["failures"] == 0 and result["cpu_only_forms"] == 0
-    for family in ("gpt", "t5"):  # Decoding loops too (BERT has none).
+    for family in ("gpt", "t5", "llama"):  # Decoding loops too (BERT has none).
         assert f"tpu {family:>5}: ok; train, eval, decode exported" in done.stdout
     # TPU's auto attention is splash/flash: every train and eval step calls a Pallas kernel
     # (the script fails a module without one), T5's decoding loop too (its encoder).
     assert result["attention"]["tpu"] == "splash"
-    assert result["tpu_kernel_calls"] >= 3 * (3 + 1) + 1, result
+    assert result["tpu_kernel_calls"] >= 4 * (3 + 1) + 1, result
     assert "{'train': 9, 'eval': 3, 'decode': 1}" in done.stdout  # T5: self, cross, biased.
 
 

@@ -100,6 +100,7 @@ def _init(cfg, seed=0):
     )
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
 def test_cached_decoding_equals_the_full_forward(kv_heads):
     cfg = _tiny(num_kv_heads=kv_heads)
@@ -117,6 +118,7 @@ def test_cached_decoding_equals_the_full_forward(kv_heads):
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_packed_segments_never_attend_across_documents():
     cfg = _tiny()
     model, params = llama.Llama(cfg), _init(cfg)
@@ -130,6 +132,7 @@ def test_packed_segments_never_attend_across_documents():
     np.testing.assert_allclose(out[:, 5:], model.apply({"params": params}, b), atol=1e-5)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_scanned_layers_and_remat_compute_the_same_function():
     cfg = _tiny()
     params = _init(cfg)
@@ -194,6 +197,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_logits_and_greedy_decoding_match_transformers(case):
     hf = _hf_model(*CASES[case])
@@ -238,6 +242,7 @@ def test_logits_and_greedy_decoding_match_transformers(case):
         assert list(row[:n]) == ref, (list(row), ref)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_state_dict_round_trips_and_refuses_what_ptjax_lacks():
     hf = _hf_model(False, 2, None)
     cfg = hf_llama.model_config(hf.config.to_dict())
@@ -256,6 +261,33 @@ def test_state_dict_round_trips_and_refuses_what_ptjax_lacks():
         with pytest.raises(hf_llama.tm.ConversionError, match=message):
             hf_llama.model_config({**config, key: value})
     json.dumps(hf_llama.hf_config(cfg, arch, bos_id=1, eos_id=2))  # A config.json.
+
+
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
+def test_qwen2_with_query_key_value_biases_matches_transformers():
+    config = transformers.Qwen2Config(
+        vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rope_theta=5000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        attn_implementation="eager",
+    )  # fmt: skip
+    hf = perturb(transformers.Qwen2ForCausalLM(config))
+    cfg = hf_llama.model_config(hf.config.to_dict())
+    assert cfg.qkv_bias and cfg.num_kv_heads == 2
+    state = {k: v.numpy() for k, v in hf.state_dict().items()}
+    params = hf_llama.params_from_hf(state, cfg)
+    assert params["h_0"]["attn"]["key"]["bias"].shape == (2, cfg.head_dim)
+    assert llama.num_params(cfg) == _count(params)
+    ids, mask = padded(cfg.vocab_size, seed=4, length=16)
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    got = np.asarray(llama.Llama(cfg).apply({"params": jax.tree.map(jnp.asarray, params)}, ids))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4)
+    back, arch = hf_llama.params_to_hf(params, cfg)
+    assert arch == "Qwen2ForCausalLM" and sorted(back) == sorted(
+        k for k in state if k != "lm_head.weight"
+    )
 
 
 @pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
@@ -300,3 +332,30 @@ def test_import_generate_and_export_a_llama_directory(tmp_path):
     ids = torch.tensor([prompt])
     with torch.no_grad():
         np.testing.assert_array_equal(again(ids).logits.numpy(), hf(ids).logits.numpy())
+
+
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
+def test_a_llama_run_trains_samples_resumes_and_generates(tmp_path, data_dir, tokenizer_file):
+    """The trainer end to end on 8 devices (pmap), then the run reopened for generation."""
+    import test_train_e2e as e2e
+
+    from ptjax.run import Run
+    from ptjax.train import trainer
+
+    config = llama_config("tiny")
+    config.dataset.data_dir = data_dir
+    config.tokenizer.path = tokenizer_file
+    config.seq_len, config.per_device_batch_size = 32, 1
+    config.total_steps, config.log_every_steps, config.optimizer.warmup_steps = 6, 1, 2
+    config.eval_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 3
+    config.dataset.max_eval_batches = 1
+    workdir = str(tmp_path / "run")
+    trainer.train_and_evaluate(config, workdir, stop_after_steps=3)
+    result = trainer.train_and_evaluate(config, workdir)  # Resumes at step 3.
+    assert result["step"] == 6
+    losses = e2e.read_scalars(workdir)["train/loss"]
+    assert sorted(losses) == list(range(1, 7)) and all(np.isfinite(list(losses.values())))
+    run = Run.open(workdir)
+    assert run.facts["family"] == "llama"
+    out = run.generator().generate(["In the beginning"], max_new_tokens=5)
+    assert len(out) == 1 and isinstance(out[0], str)

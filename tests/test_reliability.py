@@ -27,7 +27,6 @@ import test_train_e2e as e2e
 import xla_env
 from test_train_e2e import read_scalars, snapshot, tiny_config
 
-from ptjax.data import corpora
 from ptjax.data.builders import text as text_builders
 from ptjax.data.tf_setup import import_tf
 from ptjax.tasks.causal_lm import CausalLM
@@ -493,7 +492,7 @@ def test_two_processes_stop_at_the_same_step(tmp_path, signame):
 
 
 def test_enormous_and_empty_lines_are_skipped_and_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora, "MAX_DOCUMENT_BYTES", 10)
+    monkeypatch.setattr(text_builders, "MAX_DOCUMENT_BYTES", 10)
     path = tmp_path / "a.txt"
     path.write_bytes(b"short\n" + b"x" * 11 + b"\n\n  \nexactly10b\r\n" + b"y" * 5000 + b"\nend")
     empty, too_long = [0], [0]

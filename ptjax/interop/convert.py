@@ -176,6 +176,7 @@ def run_config(model: HFModel, tokenizer_vocab: int) -> ml_collections.ConfigDic
             c.model.rope_scaling = cfg.rope_scaling
             c.model.norm_eps = cfg.norm_eps
             c.model.tie_embeddings = "true" if cfg.tie_embeddings else "false"
+            c.model.qkv_bias = "true" if cfg.qkv_bias else "false"
         got = dataclasses.asdict(family.make_config(c))
         differing = [k for k in want if got[k] != want[k]]
         if not differing:

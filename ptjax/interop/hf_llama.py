@@ -1,6 +1,6 @@
-"""Llama-style decoder <-> Hugging Face `LlamaForCausalLM` (and `MistralForCausalLM`, whose
-weights are laid out the same; Mistral's sliding window is refused, since ptjax attends to
-the whole context).
+"""Llama-style decoder <-> Hugging Face `LlamaForCausalLM` (and `MistralForCausalLM` and
+`Qwen2ForCausalLM`, whose weights are laid out the same, Qwen2's with biases on the query, key
+and value projections; a sliding window is refused, since ptjax attends to the whole context).
 
 transformers' Llama applies rotary positions in the halves layout (`rotate_half`), as
 ptjax.models.llama does, so the projections are copied as they are, transposed from
@@ -12,6 +12,7 @@ torch.nn.Linear's [out, in].
 | model.layers.i.input_layernorm.weight [d]           | h_i/ln_1/scale                             |
 | model.layers.i.self_attn.q_proj.weight [H*hd, d]    | h_i/attn/query/kernel [d, H, hd]           |
 | model.layers.i.self_attn.{k,v}_proj.weight          | h_i/attn/{key,value}/kernel [d, KV, hd]    |
+| model.layers.i.self_attn.{q,k,v}_proj.bias (Qwen2)  | h_i/attn/{query,key,value}/bias [heads, hd]|
 | model.layers.i.self_attn.o_proj.weight [d, H*hd]    | h_i/attn/out/kernel [H, hd, d]             |
 | model.layers.i.post_attention_layernorm.weight      | h_i/ln_2/scale                             |
 | model.layers.i.mlp.{gate,up}_proj.weight [F, d]     | h_i/mlp/{wi_0,wi_1}/kernel [d, F]          |
@@ -30,12 +31,13 @@ from ptjax.interop import tensor_map as tm
 from ptjax.models import layers, llama
 
 MODEL_TYPE = "llama"
-MODEL_TYPES = ("llama", "mistral")
+MODEL_TYPES = ("llama", "mistral", "qwen2")
 FAMILY = "llama"
 ARCHITECTURES = {
     "LlamaForCausalLM": ("causal_lm", None),
     "LlamaModel": ("causal_lm", None),
     "MistralForCausalLM": ("causal_lm", None),
+    "Qwen2ForCausalLM": ("causal_lm", None),
 }
 
 
@@ -67,11 +69,12 @@ def model_config(hf: dict[str, Any]) -> llama.LlamaConfig:
     errors naming the key."""
     d, heads = hf["hidden_size"], hf["num_attention_heads"]
     max_len = hf.get("max_position_embeddings", 2048)
-    window = hf.get("sliding_window")
+    qwen2 = hf.get("model_type") == "qwen2"  # Biases on q/k/v; a window only when used.
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", not qwen2) else None
     head_dim = d // heads
     checks = {
         "hidden_act": (hf.get("hidden_act", "silu") == "silu", "'silu' (SwiGLU)"),
-        "attention_bias": (not hf.get("attention_bias", False), "false"),
+        "attention_bias": (qwen2 or not hf.get("attention_bias", False), "false"),
         "mlp_bias": (not hf.get("mlp_bias", False), "false"),
         "head_dim": (hf.get("head_dim") in (None, head_dim), f"d / heads ({head_dim})"),
         "sliding_window": (window is None or window >= max_len, "none (whole-context attention)"),
@@ -94,6 +97,7 @@ def model_config(hf: dict[str, Any]) -> llama.LlamaConfig:
         rope_scaling=_rope_scaling(hf),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=qwen2,
         dropout_rate=0.0,
         attention_dropout_rate=dropout,
     )
@@ -135,6 +139,11 @@ def mapping(cfg: llama.LlamaConfig) -> tm.Mapping:
             tm.transposed(
                 f"{attn}.o_proj.weight", (d, h * hd), (at, "attn", "out", "kernel"), (h, hd, d)
             ),  # fmt: skip
+            *(
+                tm.reshaped(f"{attn}.{x}_proj.bias", (n * hd,), (at, "attn", name, "bias"), (n, hd))
+                for x, name, n in (("q", "query", h), ("k", "key", kv), ("v", "value", kv))
+                if cfg.qkv_bias
+            ),
             tm.same(f"{p}.post_attention_layernorm.weight", (d,), (at, "ln_2", "scale")),
             tm.transposed(f"{mlp}.gate_proj.weight", (F, d), (at, "mlp", "wi_0", "kernel")),
             tm.transposed(f"{mlp}.up_proj.weight", (F, d), (at, "mlp", "wi_1", "kernel")),
@@ -177,16 +186,17 @@ def params_from_hf(state_dict: MappingType[str, Any], cfg: llama.LlamaConfig) ->
 
 
 def params_to_hf(params: dict[str, Any], cfg: llama.LlamaConfig) -> tuple[dict[str, Any], str]:
-    """(HF state dict, 'LlamaForCausalLM'); a tied lm_head.weight is not written, as
-    `save_pretrained` does not write it."""
-    return tm.to_hf(mapping(cfg), params), "LlamaForCausalLM"
+    """(HF state dict, 'LlamaForCausalLM', or 'Qwen2ForCausalLM' with q/k/v biases); a tied
+    lm_head.weight is not written, as `save_pretrained` does not write it."""
+    arch = "Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"
+    return tm.to_hf(mapping(cfg), params), arch
 
 
 def hf_config(cfg: llama.LlamaConfig, arch: str, *, bos_id: int, eos_id: int) -> dict[str, Any]:
     scaling = cfg.scaling
     return {
         "architectures": [arch],
-        "model_type": MODEL_TYPE,
+        "model_type": "qwen2" if cfg.qkv_bias else MODEL_TYPE,
         "vocab_size": cfg.vocab_size,
         "max_position_embeddings": cfg.max_len,
         "hidden_size": cfg.d_model,
@@ -207,7 +217,7 @@ def hf_config(cfg: llama.LlamaConfig, arch: str, *, bos_id: int, eos_id: int) ->
             "high_freq_factor": scaling.high_freq_factor,
             "original_max_position_embeddings": scaling.original_max_len,
         },
-        "attention_bias": False,
+        "attention_bias": cfg.qkv_bias,
         "mlp_bias": False,
         "attention_dropout": layers.attention_dropout_rate(cfg),
         "tie_word_embeddings": cfg.tie_embeddings,

@@ -28,6 +28,7 @@ LLAMA_KEYS = {
     "rope_scaling": str,
     "norm_eps": float,
     "tie_embeddings": lambda value: value == "true",
+    "qkv_bias": lambda value: value == "true",
 }
 
 

@@ -71,6 +71,7 @@ class LlamaConfig:
     rope_scaling: str = "none"  # RopeScaling.parse's spec.
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    qkv_bias: bool = False  # Biases on the query/key/value projections (Qwen2).
     dropout_rate: float = 0.0
     attention_dropout_rate: float = -1.0  # Of attention probabilities; -1: dropout_rate.
     dtype: str = "float32"
@@ -207,7 +208,8 @@ def grouped_attention(
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with rotary positions and no biases."""
+    """Grouped-query self-attention with rotary positions; no biases but Qwen2's on the
+    query, key and value projections (`qkv_bias`)."""
 
     config: LlamaConfig
 
@@ -228,7 +230,7 @@ class Attention(nn.Module):
         def proj(name: str, heads: int) -> layers.Dense:
             return layers.Dense(
                 (heads, cfg.head_dim),
-                use_bias=False,
+                use_bias=cfg.qkv_bias,
                 kernel_init=layers.normal_init(0.02),
                 dtype=dtype,
                 param_dtype=param_dtype,
@@ -438,6 +440,8 @@ def decode_fns(model: Llama, max_new_tokens: int) -> tuple[Callable, Callable]:
 def num_params(cfg: LlamaConfig) -> int:
     """Parameters of the model, from its shape."""
     attn = cfg.d_model * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+    if cfg.qkv_bias:
+        attn += cfg.head_dim * (cfg.num_heads + 2 * cfg.num_kv_heads)
     block = attn + 3 * cfg.d_model * cfg.d_ff + 2 * cfg.d_model
     head = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
     return cfg.vocab_size * cfg.d_model + cfg.num_layers * block + cfg.d_model + head
