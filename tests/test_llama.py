@@ -291,7 +291,7 @@ def test_qwen2_with_query_key_value_biases_matches_transformers():
 
 
 @pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
-def test_import_generate_and_export_a_llama_directory(tmp_path):
+def test_import_generate_fine_tune_and_export_a_llama_directory(tmp_path, data_dir):
     from ptjax.interop import export_hf, hf_weights, import_hf
     from ptjax.run import Run
 
@@ -321,6 +321,23 @@ def test_import_generate_and_export_a_llama_directory(tmp_path):
                           eos_token_id=gen.tokenizer.eos_id, pad_token_id=0)  # fmt: skip
     ref = ref[0, len(prompt) :].tolist()
     assert ours == [t for t in ref if t != gen.tokenizer.eos_id][: len(ours)]
+
+    # Fine-tuning starts from it like from any run: the shape and Llama settings come along.
+    from ptjax.train import trainer
+
+    config = llama_config("tiny")
+    config.init_checkpoint, config.dataset.data_dir = workdir, data_dir
+    config.seq_len, config.per_device_batch_size, config.total_steps = 32, 1, 2
+    config.optimizer.warmup_steps, config.sample_every_steps = 1, 0
+    config.eval_every_steps = config.checkpoint_every_steps = 2
+    config.dataset.max_eval_batches = 1
+    tuned = str(tmp_path / "tuned")
+    assert trainer.train_and_evaluate(config, tuned)["step"] == 2
+    tuned_config = Run.open(tuned).config.model
+    assert (tuned_config.tie_embeddings, tuned_config.rope_scaling) == (
+        "false",
+        "llama3:8:1:4:16",
+    )
 
     out_dir = str(tmp_path / "export")
     assert export_hf(workdir, out_dir) == "LlamaForCausalLM"

@@ -4,7 +4,8 @@ A fine-tuning run that starts from another ptjax run (a pretraining run, or a Hu
 checkpoint imported by `scripts/convert_checkpoint.py`) takes that run's model shape, as
 `from_pretrained` does: each shape key the run config leaves at 0 (model.num_layers, d_model,
 num_heads, d_ff, vocab_size, max_len, type_vocab_size, d_kv, num_decoder_layers) is set to the
-source run's value, read from its config.json. A key the run config sets to another value than
+source run's value, read from its config.json; so are a Llama-style decoder's rotary, norm,
+tied-output and bias settings (models.LLAMA_KEYS). A key the run config sets to another value than
 the source's is refused, naming it; so is another family, or a size whose other architecture
 choices (T5 1.0 vs 1.1, BERT's pre-LayerNorm blocks) differ from the source's.
 """
@@ -23,7 +24,13 @@ from ptjax.data.tokenizer import load_tokenizer, tokenizer_file
 
 CONFIG_FILE = "config.json"
 # Run-config keys (model.<key>) of a model's shape, in the order they are taken.
-SHAPE_KEYS = (*models.SHAPE_KEYS, "vocab_size", "max_len", "type_vocab_size")
+SHAPE_KEYS = (
+    *models.SHAPE_KEYS,
+    "vocab_size",
+    "max_len",
+    "type_vocab_size",
+    *models.LLAMA_KEYS,
+)
 # Hyper-parameters a run chooses for itself; the rest of a model config is its architecture.
 _RUN_CHOICES = (
     "dropout_rate",
@@ -103,6 +110,8 @@ def adopt_source_shape(
     taken = []
     for key in keys:
         value = getattr(want, key)
+        if isinstance(value, bool):  # A run config says 'true' / 'false' ('': the size's).
+            value = "true" if value else "false"
         if out.model[key]:
             if out.model[key] != value:
                 raise ConfigError(
@@ -111,7 +120,10 @@ def adopt_source_shape(
                     f"model.{key} at 0 to take the checkpoint's."
                 )
             continue
-        if out.model.size in family.sizes and getattr(family.make_config(out), key) == value:
+        made = getattr(family.make_config(out), key) if out.model.size in family.sizes else None
+        if isinstance(made, bool):
+            made = "true" if made else "false"
+        if made == value:
             continue  # The named size already has it (vocab_size: the source's tokenizer).
         out.model[key] = value
         taken.append(f"model.{key}={value}")
