@@ -213,20 +213,8 @@ def mlm_train_batches(
     _check_seq_len(config.seq_len, config.mlm.sentence_pairs)
     mlm.bert_special_ids(tokenizer)  # A tokenizer without [CLS]/[SEP]/[MASK] fails here.
     iterators.global_batch_size(config, local_device_count)  # A bad device count fails first.
-    texts = corpora.load_texts(
-        config.dataset,
-        config.dataset.train_split,
-        data_dir=data_dir,
-        shard=(process_index, process_count),
-        shuffle_files=True,
-        seed=iterators.derive_seed(config.seed, "files"),
-    )
-    texts = iterators.shuffled_epochs(
-        texts,
-        config,
-        purpose="documents",
-        process_index=process_index,
-        process_count=process_count,
+    texts = iterators.training_documents(
+        config, data_dir=data_dir, process_index=process_index, process_count=process_count
     )
     return iterators.train_iterator(
         _mlm_row_dataset(texts, tokenizer, config),

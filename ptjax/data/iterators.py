@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import ml_collections
 import numpy as np
 
+from ptjax.data import corpora
 from ptjax.data.files import DataError
 from ptjax.data.tf_setup import import_tf
 
@@ -134,6 +135,24 @@ def shuffled_epochs(
         seed=derive_seed(config.seed, purpose),
         reshuffle_each_iteration=True,
     ).repeat()
+
+
+def training_documents(
+    config: ml_collections.ConfigDict, *, data_dir: str, process_index: int, process_count: int
+) -> tf.data.Dataset:
+    """This process's documents of the train split (files read in a seeded order), shuffled
+    anew every epoch, forever: what the document objectives (LM, MLM, span corruption) read."""
+    texts = corpora.load_texts(
+        config.dataset,
+        config.dataset.train_split,
+        data_dir=data_dir,
+        shard=(process_index, process_count),
+        shuffle_files=True,
+        seed=derive_seed(config.seed, "files"),
+    )
+    return shuffled_epochs(
+        texts, config, purpose="documents", process_index=process_index, process_count=process_count
+    )
 
 
 def _batches(

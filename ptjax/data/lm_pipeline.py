@@ -80,20 +80,8 @@ def lm_train_batches(
     into rows, and rows are shuffled again so a batch does not hold consecutive rows of a document.
     """
     iterators.global_batch_size(config, local_device_count)  # A bad device count fails first.
-    texts = corpora.load_texts(
-        config.dataset,
-        config.dataset.train_split,
-        data_dir=data_dir,
-        shard=(process_index, process_count),
-        shuffle_files=True,
-        seed=iterators.derive_seed(config.seed, "files"),
-    )
-    texts = iterators.shuffled_epochs(
-        texts,
-        config,
-        purpose="documents",
-        process_index=process_index,
-        process_count=process_count,
+    texts = iterators.training_documents(
+        config, data_dir=data_dir, process_index=process_index, process_count=process_count
     )
     rows = objectives.pack_rows(
         _tokenized_chunks(texts, tokenizer), config.seq_len, pad_id=tokenizer.pad_id

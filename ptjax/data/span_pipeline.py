@@ -154,20 +154,8 @@ def span_corruption_train_batches(
     the run with seed (derived seed, i)); rows are shuffled and batched; checkpointable.
     """
     span_corruption_lengths(config)  # A too-short seq_len or target_len fails here.
-    texts = corpora.load_texts(
-        config.dataset,
-        config.dataset.train_split,
-        data_dir=data_dir,
-        shard=(process_index, process_count),
-        shuffle_files=True,
-        seed=iterators.derive_seed(config.seed, "files"),
-    )
-    texts = iterators.shuffled_epochs(
-        texts,
-        config,
-        purpose="documents",
-        process_index=process_index,
-        process_count=process_count,
+    texts = iterators.training_documents(
+        config, data_dir=data_dir, process_index=process_index, process_count=process_count
     )
     rows = _span_rows(
         texts, tokenizer, config, seed=iterators.derive_seed(config.seed, "noise"), flush=False

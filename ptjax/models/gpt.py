@@ -157,27 +157,9 @@ class GPT(nn.Module):
         )
         x = embed(inputs) + wpe(positions)  # [batch, length, d_model]
         x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        new_layers = []
-        if cfg.scan_layers:
-            if cache is not None:
-                raise ValueError(
-                    "A GPT with scan_layers=True takes no cache: decode_fns decode with its "
-                    "unscanned clone (ptjax.models.scan.unscanned)."
-                )
-            stack = layers.scan_stack(DecoderBlock, cfg.remat, cfg.num_layers)
-            x = stack(cfg, name="h")(x, mask, deterministic=deterministic)
-        else:
-            block = layers.remat(DecoderBlock, cfg.remat)
-            for i in range(cfg.num_layers):
-                x, layer_cache = block(cfg, name=f"h_{i}")(
-                    x,
-                    mask,
-                    deterministic=deterministic,
-                    cache=None if cache is None else cache["layers"][i],
-                    cache_index=index,
-                )
-                new_layers.append(layer_cache)
-                x = layers.constrain_batch(x)
+        x, new_layers = run_blocks(
+            DecoderBlock, cfg, x, (mask,), deterministic=deterministic, cache=cache, index=index
+        )
         if last_only:
             x = x[:, -1:]
         x = nn.LayerNorm(
@@ -190,7 +172,43 @@ class GPT(nn.Module):
         logits = logits.astype(jnp.float32)
         if cache is None:
             return logits
-        return logits, next_cache(cache, length, input_mask, key_mask, tuple(new_layers))
+        return logits, next_cache(cache, length, input_mask, key_mask, new_layers)
+
+
+def run_blocks(
+    block: type[nn.Module],
+    cfg: Any,
+    x: Array,
+    args: tuple,
+    *,
+    deterministic: bool,
+    cache: dict[str, Any] | None,
+    index: Array | None,
+) -> tuple[Array, tuple]:
+    """The residual stream through cfg.num_layers `block`s named h_0.. (or one scanned stack
+    'h'), each called as block(cfg)(x, *args, deterministic=, cache=, cache_index=); returns
+    (x, each layer's new cache). Called from a decoder's compact __call__ (GPT, Llama)."""
+    if cfg.scan_layers:
+        if cache is not None:
+            raise ValueError(
+                f"A {block.__module__.rpartition('.')[2]} model with scan_layers=True takes no "
+                "cache: decode_fns decode with its unscanned clone (ptjax.models.scan.unscanned)."
+            )
+        stack = layers.scan_stack(block, cfg.remat, cfg.num_layers)
+        return stack(cfg, name="h")(x, *args, deterministic=deterministic), ()
+    rematted = layers.remat(block, cfg.remat)
+    new_layers = []
+    for i in range(cfg.num_layers):
+        x, layer_cache = rematted(cfg, name=f"h_{i}")(
+            x,
+            *args,
+            deterministic=deterministic,
+            cache=None if cache is None else cache["layers"][i],
+            cache_index=index,
+        )
+        new_layers.append(layer_cache)
+        x = layers.constrain_batch(x)
+    return x, tuple(new_layers)
 
 
 def cache_mask(

@@ -378,28 +378,15 @@ class Llama(nn.Module):
             name="wte",
         )
         x = layers.Dropout(cfg.dropout_rate)(embed(inputs), deterministic=deterministic)
-        new_layers = []
-        if cfg.scan_layers:
-            if cache is not None:
-                raise ValueError(
-                    "A Llama with scan_layers=True takes no cache: decode_fns decode with its "
-                    "unscanned clone (ptjax.models.scan.unscanned)."
-                )
-            stack = layers.scan_stack(DecoderBlock, cfg.remat, cfg.num_layers)
-            x = stack(cfg, name="h")(x, mask, rope, deterministic=deterministic)
-        else:
-            block = layers.remat(DecoderBlock, cfg.remat)
-            for i in range(cfg.num_layers):
-                x, layer_cache = block(cfg, name=f"h_{i}")(
-                    x,
-                    mask,
-                    rope,
-                    deterministic=deterministic,
-                    cache=None if cache is None else cache["layers"][i],
-                    cache_index=index,
-                )
-                new_layers.append(layer_cache)
-                x = layers.constrain_batch(x)
+        x, new_layers = gpt.run_blocks(
+            DecoderBlock,
+            cfg,
+            x,
+            (mask, rope),
+            deterministic=deterministic,
+            cache=cache,
+            index=index,
+        )
         if last_only:
             x = x[:, -1:]
         x = RMSNorm(cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, name="ln_f")(x)
@@ -414,7 +401,7 @@ class Llama(nn.Module):
         logits = (x @ jnp.asarray(output_kernel, x.dtype)).astype(jnp.float32)
         if cache is None:
             return logits
-        return logits, gpt.next_cache(cache, length, input_mask, key_mask, tuple(new_layers))
+        return logits, gpt.next_cache(cache, length, input_mask, key_mask, new_layers)
 
 
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int) -> dict[str, Any]:
