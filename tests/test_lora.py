@@ -24,6 +24,7 @@ def _families():
     yield "llama", llama.Llama(cfg), (ids,)
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("family", ["gpt", "bert", "t5", "llama"])
 def test_adapted_model_starts_as_the_base_model_and_learns_through_the_adapters(family):
     name, model, inputs = next(f for f in _families() if f[0] == family)
@@ -45,6 +46,7 @@ def test_adapted_model_starts_as_the_base_model_and_learns_through_the_adapters(
     assert 0 < total < sum(x.size for x in jax.tree.leaves(params)) / 2
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 @pytest.mark.parametrize("module", ["attn/query", "attn/out", "mlp/wi"])
 def test_a_merged_kernel_adds_the_low_rank_product_in_its_layout(module):
     model = gpt.GPT(gpt.GPTConfig(max_len=16, d_model=16, **SMALL))
@@ -65,6 +67,7 @@ def test_a_merged_kernel_adds_the_low_rank_product_in_its_layout(module):
     assert (module == "attn/out") == (kernel.ndim == 3 and kernel.shape[:2] == (2, 8))
 
 
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_a_scanned_stack_gets_one_adapter_per_layer():
     cfg = llama.LlamaConfig(max_len=16, d_model=16, num_kv_heads=1, **SMALL)
     ids = jnp.zeros((1, 4), jnp.int32)
