@@ -290,6 +290,61 @@ def test_qwen2_with_query_key_value_biases_matches_transformers():
     )
 
 
+# Llama 3's pre-tokenizer split (tokenizer.json of meta-llama/Llama-3.2-1B).
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def test_a_llama3_style_tokenizer_gives_transformers_ids(tmp_path):
+    """A byte-level BPE with Llama 3's split, ignore_merges and a BOS-adding post-processor,
+    trained offline: ptjax's ids equal PreTrainedTokenizerFast's (without special tokens, as
+    ptjax's pipelines add none behind the caller's back), and decode round-trips."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from ptjax.data.tokenizer import load_tokenizer
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=420,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["In the beginning God created the heaven and the earth.", "Don't 123456 go!"] * 30
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]
+    )
+    path = str(tmp_path / "tokenizer.json")
+    tok.save(path)  # No tokenizer_config.json: ptjax knows Llama 3's special-token names.
+    hf = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=path, bos_token=specials[0], eos_token=specials[1]
+    )
+    ours = load_tokenizer(path)
+    texts = [
+        "In the beginning, God's 12345 heavens!",
+        "  spaces\tand\n\nlines  ",
+        "Café naïve 東京 😀",
+        "they'LL say 'tis I'M",
+        "",
+    ]
+    for text in texts:
+        want = hf(text, add_special_tokens=False).input_ids
+        assert ours.encode(text) == want, text
+        assert ours.decode(want) == hf.decode(want) == text
+    assert hf("hi").input_ids[0] == 0 and ours.encode("hi")[0] != 0  # BOS only on request.
+    assert (ours.bos_id, ours.eos_id) == (0, 1)
+
+
 @pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
 def test_import_generate_fine_tune_and_export_a_llama_directory(tmp_path, data_dir):
     from ptjax.interop import export_hf, hf_weights, import_hf

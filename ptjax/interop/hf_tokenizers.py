@@ -50,9 +50,9 @@ FILES = (
 # Role -> config keys in order of preference, then well-known token strings to fall back on.
 _ROLES = {
     "pad": (("pad_token",), ("[PAD]", "<pad>")),
-    "eos": (("eos_token", "sep_token"), ("</s>", "<|endoftext|>", "[SEP]")),
+    "eos": (("eos_token", "sep_token"), ("</s>", "<|endoftext|>", "<|end_of_text|>", "[SEP]")),
     "unk": (("unk_token",), ("[UNK]", "<unk>", "<|endoftext|>")),
-    "bos": (("bos_token", "cls_token"), ("<s>", "<|endoftext|>", "[CLS]")),
+    "bos": (("bos_token", "cls_token"), ("<s>", "<|endoftext|>", "<|begin_of_text|>", "[CLS]")),
 }
 _NEVER_IN_UTF8 = (0xFF, 0xFE, 0xFD, 0xFC, 0xFB, 0xFA, 0xF9, 0xF8, 0xF7, 0xF6, 0xF5, 0xC1, 0xC0)
 
