@@ -160,6 +160,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_prompts = ("",)  # "" samples from the start of a document.
     c.sample_max_new_tokens = 32
     c.init_checkpoint = ""  # A checkpoint directory to start from when the workdir has none.
+    # Low-rank adapters (LoRA) on init_checkpoint's model: rank > 0 trains only the adapters
+    # and the task's new head, the base frozen (no gradients, no optimizer state); checkpoints
+    # hold those plus a reference to the base (ptjax.train.adaptation).
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.lora = ml_collections.ConfigDict()
+    c.finetune.lora.rank = 0  # 0: full fine-tuning.
+    c.finetune.lora.alpha = 16.0  # The adapters' product is scaled by alpha / rank.
+    c.finetune.lora.dropout = 0.05  # On the adapters' input, in training.
+    # Adapted projections, comma-separated: query, key, value, out, wi (wi_0, wi_1), wo.
+    c.finetune.lora.targets = "query,value"
     # Input-pipeline positions belong to the process count that saved them. Resuming under
     # another count is refused unless this is True: then the train state resumes and each
     # process reads its new shard in a new order, drawn from (seed, step) and recorded.
@@ -236,6 +246,9 @@ _RANGES = {
     "parallelism.dcn_fsdp": (1, _INT_MAX, "[]"),
     "profile_steps": (0, _INT_MAX, "[]"),
     "peak_flops_per_device": (0.0, math.inf, "[)"),
+    "finetune.lora.rank": (0, 1 << 16, "[]"),
+    "finetune.lora.alpha": (0.0, math.inf, "()"),
+    "finetune.lora.dropout": (0.0, 1.0, "[)"),
     "model.vocab_size": (0, _INT_MAX, "[]"),
     "model.max_len": (0, _INT_MAX, "[]"),
     "model.num_labels": (0, _INT_MAX, "[]"),

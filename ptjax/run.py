@@ -32,6 +32,7 @@ from ptjax import config as config_lib
 from ptjax import models, tasks
 from ptjax.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_file
 from ptjax.errors import ConfigError
+from ptjax.train import adaptation
 from ptjax.train.checkpoint import restore_params
 from ptjax.train.state import init_params
 
@@ -62,6 +63,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"that task takes {', '.join(task.families)}."
         )
     family.validate(config)
+    adaptation.validate(config)
     max_len = family.make_config(config).max_len
     if config.sample_every_steps and config.sample_max_new_tokens >= max_len:
         raise ConfigError(
@@ -155,6 +157,25 @@ def read_run_file(workdir: str) -> dict[str, Any]:
     return facts
 
 
+def run_params(
+    config: ml_collections.ConfigDict,
+    facts: dict[str, Any],
+    workdir: str,
+    step_dir: str,
+    model: Any,
+    shardings: Any = None,
+) -> Any:
+    """The model parameters of a run's checkpoint `step_dir` (into `shardings`, a function of an
+    abstract tree; None: numpy): read as saved, or for a LoRA run (config finetune.lora) its
+    adapters and new head merged with the base its RUN_FILE names (ptjax.train.adaptation)."""
+    abstract = jax.eval_shape(functools.partial(init_params, config, model), jax.random.PRNGKey(0))
+    lora_spec = adaptation.spec(config)
+    if lora_spec is None:
+        return restore_params(step_dir, abstract, shardings)
+    base = adaptation.base_of(facts, workdir)
+    return adaptation.plain_params(lora_spec, base, step_dir, abstract, shardings)
+
+
 class Run:
     """An existing run, opened read-only from its workdir (see the module docstring)."""
 
@@ -215,11 +236,11 @@ class Run:
         return resolve_checkpoint(self.workdir, which)
 
     def restore_params(self, model: Any, which: str = "latest", shardings: Any = None) -> Any:
-        """The parameters of checkpoint `which` for `model` (only they are read)."""
-        abstract = jax.eval_shape(
-            functools.partial(init_params, self.config, model), jax.random.PRNGKey(0)
+        """The parameters of checkpoint `which` for `model` (only they are read); a LoRA run's
+        with its adapters merged into its base's kernels."""
+        return run_params(
+            self.config, self.facts, self.workdir, self.checkpoint(which)[0], model, shardings
         )
-        return restore_params(self.checkpoint(which)[0], abstract, shardings)
 
     def generator(self, which: str | None = None) -> Any:
         """A ptjax.decoding.Generator of the run's latest checkpoint (or `which`: 'best', a

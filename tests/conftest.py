@@ -29,6 +29,7 @@ SLOW_MODULES = {
     "test_benchmark",
     "test_bert_e2e",
     "test_config_fuzz",
+    "test_lora_finetune",
     "test_mesh_tasks",
     "test_multihost",
     "test_multihost_checkpoints",

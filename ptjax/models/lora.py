@@ -1,35 +1,40 @@
-"""Low-rank adapters (LoRA, Hu et al. 2021) on the kernels of any family's parameter tree.
+"""Low-rank adapters (LoRA, Hu et al. 2021) for the projections of every family.
 
-An adapted kernel W [*in, *out] reads W + (alpha / rank) * (A @ B) with A [in, rank] and
-B [rank, out] (in, out: the products of the input and output axes): B starts at zero, so the
-adapted model starts as the base model exactly. Which kernels: `targets`, names of the
-projections (`query`, `key`, `value`, `out`, `wi`, `wi_0`, `wi_1`, `wo`, `lm_head`) matched
-against each kernel's parent module, in every family's names (GPT's and Llama's `attn`, BERT's
-and T5's attention, their MLPs). A scanned stack's kernels (leading layer axis) get one
-adapter per layer.
+An adapted projection computes x W + (alpha / rank) * dropout(x) A B, with A [in, rank] and
+B [rank, out] (in, out: the products of its contracted and produced axes). The adapters live in
+the parameter tree beside the kernel they adapt, as `lora_a` and `lora_b` of that `Dense`
+(`add_adapters`); B starts at zero, so an adapted model starts as the base model exactly. In a
+scanned block stack they carry its leading layer axis like every parameter there, one adapter
+per layer.
 
-`adapters` makes the adapter tree, `merge` the adapted parameters (what a forward pass or an
-export takes), `trainable_count` the adapters' size. The projections into attention heads
-contract one axis ([d_model] -> [heads, head_dim]); the attention output projections
-contract two ([heads, head_dim] -> [d_model]).
+Which projections: `targets`, the names of the modules (`query`, `key`, `value`, `out`, `wi`,
+`wi_0`, `wi_1`, `wo`), in every family's attention and MLP blocks. A forward pass under
+`applied` adds the low-rank product in each adapted projection without ever forming W + A B
+(training: no full-size weight gradient, only activations' gradients through the frozen W);
+`merge` folds the adapters into the kernels, giving a plain parameter tree for decoding,
+evaluation and export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from ptjax.models import scan
+from ptjax.models import layers, scan
 
-PROJECTIONS = ("query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo", "lm_head")
+PROJECTIONS = ("query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo")
+A, B = "lora_a", "lora_b"
 _ATTENTION_OUT = re.compile(r"(^|/)(attn|attention|self_attention|cross_attention)/out$")
+_STACK = re.compile(rf"(^|/)({'|'.join(scan.STACKS)})(/|$)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +42,13 @@ class LoraSpec:
     rank: int
     alpha: float
     targets: tuple[str, ...] = ("query", "value")
+    dropout: float = 0.0  # On the adapters' input, in training.
 
     def __post_init__(self):
         if self.rank < 1:
             raise ValueError(f"LoRA rank={self.rank} must be >= 1.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout={self.dropout} must lie in [0, 1).")
         unknown = [t for t in self.targets if t not in PROJECTIONS]
         if unknown or not self.targets:
             raise ValueError(
@@ -52,13 +60,18 @@ class LoraSpec:
         return self.alpha / self.rank
 
 
+def is_adapter(path: Sequence[str]) -> bool:
+    """Whether a parameter path ends in an adapter (`lora_a` / `lora_b`)."""
+    return path[-1] in (A, B)
+
+
 def _layout(path: tuple[str, ...], kernel: Any) -> tuple[int, int, int]:
     """(leading layer axes, input size, output size) of a kernel at `path`."""
     joined = "/".join(path[:-1])
-    layers = 1 if re.search(rf"(^|/)({'|'.join(scan.STACKS)})(/|$)", joined) else 0
-    shape = kernel.shape[layers:]
+    lead = 1 if _STACK.search(joined) else 0
+    shape = kernel.shape[lead:]
     num_in = 2 if _ATTENTION_OUT.search(joined) else 1
-    return layers, math.prod(shape[:num_in]), math.prod(shape[num_in:])
+    return lead, math.prod(shape[:num_in]), math.prod(shape[num_in:])
 
 
 def targeted(params: Any, spec: LoraSpec) -> list[tuple[str, ...]]:
@@ -70,49 +83,88 @@ def targeted(params: Any, spec: LoraSpec) -> list[tuple[str, ...]]:
     return paths
 
 
-def adapters(rng: jax.Array, params: Any, spec: LoraSpec) -> dict[str, Any]:
-    """{'/'.join(path): {'a': [L.., in, rank], 'b': [L.., rank, out] zeros}} for each target;
-    A is Kaiming-uniform as in the reference implementation, B zero."""
-    flat = traverse_util.flatten_dict(params)
+def adapters(rng: jax.Array, params: Any, spec: LoraSpec) -> Any:
+    """The adapters of `params` (arrays or shapes) as a tree of their own: `lora_a` [L.., in,
+    rank] (Kaiming-uniform, as the reference implementation) and `lora_b` [L.., rank, out]
+    (zeros) at the path of each targeted kernel's module."""
+    flat = dict(traverse_util.flatten_dict(params))
     out = {}
     for i, path in enumerate(targeted(params, spec)):
         kernel = flat[path]
-        layers, n_in, n_out = _layout(path, kernel)
-        lead = kernel.shape[:layers]
+        lead, n_in, n_out = _layout(path, kernel)
+        shape = kernel.shape[:lead]
         bound = 1.0 / math.sqrt(n_in)
-        a = jax.random.uniform(
-            jax.random.fold_in(rng, i), (*lead, n_in, spec.rank), jnp.float32, -bound, bound
+        out[(*path[:-1], A)] = jax.random.uniform(
+            jax.random.fold_in(rng, i), (*shape, n_in, spec.rank), jnp.float32, -bound, bound
         )
-        out["/".join(path)] = {"a": a, "b": jnp.zeros((*lead, spec.rank, n_out), jnp.float32)}
-    return out
+        out[(*path[:-1], B)] = jnp.zeros((*shape, spec.rank, n_out), jnp.float32)
+    return traverse_util.unflatten_dict(out)
 
 
-def delta(kernel: Any, adapter: dict[str, Any], spec: LoraSpec) -> jax.Array:
-    """(alpha / rank) * A @ B in `kernel`'s shape and dtype."""
-    product = jnp.matmul(adapter["a"], adapter["b"]) * spec.scale  # [L.., in, out]
-    return product.reshape(kernel.shape).astype(kernel.dtype)
-
-
-def merge(params: Any, adapter_tree: dict[str, Any], spec: LoraSpec) -> Any:
-    """The parameters with every adapted kernel replaced by W + (alpha / rank) * A @ B."""
+def add_adapters(rng: jax.Array, params: Any, spec: LoraSpec) -> Any:
+    """`params` with `adapters` beside their kernels."""
     flat = dict(traverse_util.flatten_dict(params))
-    for name, adapter in adapter_tree.items():
-        path = tuple(name.split("/"))
-        if path not in flat:
-            raise ValueError(f"LoRA adapter {name!r} has no kernel in the parameters.")
-        flat[path] = flat[path] + delta(flat[path], adapter, spec)
+    flat.update(traverse_util.flatten_dict(adapters(rng, params, spec)))
     return traverse_util.unflatten_dict(flat)
 
 
-def trainable_count(adapter_tree: dict[str, Any]) -> int:
-    return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(adapter_tree))
+def merged_kernels(params: Any, spec: LoraSpec) -> Any:
+    """W + (alpha / rank) * A @ B in W's shape and dtype for every adapted kernel of `params` (a
+    tree holding adapters), as a tree of those kernels alone."""
+    flat = traverse_util.flatten_dict(params)
+    out = {}
+    for path, a in flat.items():
+        if path[-1] != A:
+            continue
+        kernel_path = (*path[:-1], "kernel")
+        if kernel_path not in flat:
+            raise ValueError(f"LoRA adapter {'/'.join(path)} has no kernel beside it.")
+        kernel = flat[kernel_path]
+        product = jnp.matmul(a, flat[(*path[:-1], B)]) * spec.scale  # [L.., in, out]
+        out[kernel_path] = kernel + product.reshape(kernel.shape).astype(kernel.dtype)
+    return traverse_util.unflatten_dict(out)
 
 
-def parse_targets(text: str) -> tuple[str, ...]:
-    """'query,value' -> ('query', 'value')."""
-    return tuple(t.strip() for t in text.split(",") if t.strip())
+def merge(params: Any, spec: LoraSpec, kernels: Any = None) -> Any:
+    """A plain parameter tree: adapted kernels replaced by their merged values (`kernels`, as
+    `merged_kernels` gives them, or computed here), adapters left out."""
+    kernels = traverse_util.flatten_dict(
+        merged_kernels(params, spec) if kernels is None else kernels
+    )
+    flat = traverse_util.flatten_dict(params)
+    plain = {p: kernels.get(p, x) for p, x in flat.items() if not is_adapter(p)}
+    return traverse_util.unflatten_dict(plain)
 
 
-def spec_from(rank: int, alpha: float, targets: str | Sequence[str]) -> LoraSpec:
-    names = parse_targets(targets) if isinstance(targets, str) else tuple(targets)
-    return LoraSpec(rank=rank, alpha=alpha, targets=names)
+def adapter_count(params: Any) -> int:
+    """How many adapter parameters a tree holds."""
+    flat = traverse_util.flatten_dict(params)
+    return sum(int(math.prod(x.shape)) for p, x in flat.items() if is_adapter(p))
+
+
+@contextlib.contextmanager
+def applied(spec: LoraSpec, train: bool) -> Iterator[None]:
+    """While a model is applied: every `layers.Dense` whose parameters hold adapters adds
+    (alpha / rank) * dropout(x) A B to its output (dropout from the 'dropout' RNG stream, in
+    training only)."""
+
+    def interceptor(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+        module = context.module
+        if (
+            context.method_name != "__call__"
+            or not isinstance(module, layers.Dense)
+            or not module.has_variable("params", A)
+        ):
+            return next_fun(*args, **kwargs)
+        y = next_fun(*args, **kwargs)
+        a = jnp.asarray(module.get_variable("params", A), module.dtype)
+        b = jnp.asarray(module.get_variable("params", B), module.dtype)
+        x = jnp.asarray(args[0], module.dtype).reshape(-1, a.shape[-2])
+        if train and spec.dropout > 0.0:
+            keep, scale = layers.dropout_keep(module.make_rng("dropout"), spec.dropout, x.shape)
+            x = jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+        low_rank = jnp.dot(jnp.dot(x, a), b) * jnp.asarray(spec.scale, x.dtype)
+        return y + low_rank.reshape(y.shape).astype(y.dtype)
+
+    with nn.intercept_methods(interceptor):
+        yield

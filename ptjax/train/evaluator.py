@@ -14,7 +14,6 @@ workdir is replaced).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -23,9 +22,8 @@ from absl import logging
 from ptjax import backend, models, tasks
 from ptjax.config import ConfigError, load_run_config
 from ptjax.data.tokenizer import load_tokenizer
-from ptjax.run import resolve_checkpoint  # noqa: F401 - used and re-exported.
+from ptjax.run import read_run_file, resolve_checkpoint, run_params
 from ptjax.train import parallel, steps, trainer
-from ptjax.train.checkpoint import restore_params
 
 
 @dataclasses.dataclass
@@ -56,9 +54,6 @@ def evaluate_checkpoint(
     model, model_config = models.build(config, tokenizer.vocab_size, **head_kwargs)
     trainer.check_tokenizer_fits(config, tokenizer, model_config)
     path, step = resolve_checkpoint(workdir, checkpoint)
-    abstract = jax.eval_shape(
-        functools.partial(trainer.init_params, config, model), jax.random.PRNGKey(0)
-    )
     try:
         # The run's mode: pmap, or its mesh.
         par = parallel.create(config.parallelism, config.model.kernels, config.model.attention)
@@ -67,7 +62,8 @@ def evaluate_checkpoint(
         par = parallel.Parallel()
         par.forms = backend.resolve(config.model.kernels, par.devices)
         par.choose_attention(config.model.attention)
-    params = par.place(restore_params(path, abstract, par.shardings))
+    facts = read_run_file(workdir)
+    params = par.place(run_params(config, facts, workdir, path, model, par.shardings))
     p_eval_step = par.eval_step(steps.eval_step, model=model, task=task)
     data_kwargs = dict(
         data_dir=data_dir,

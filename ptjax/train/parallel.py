@@ -158,6 +158,17 @@ class Parallel:
             lambda x: next(s.data for s in x.addressable_shards if s.device == first)[0], tree
         )
 
+    def apply(self, fn: Callable, tree: Any) -> Any:
+        """`fn` of placed arrays (params as `place` lays them out), its results laid out as
+        the steps take them: per device under pmap; sharded by the rules on the mesh."""
+        fn = self._traced(fn)
+        if self.mesh is None:
+            return jax.pmap(fn)(tree)
+        from ptjax.train import sharding
+
+        out = sharding.tree_shardings(jax.eval_shape(fn, tree), self.mesh)
+        return jax.jit(fn, out_shardings=out)(tree)
+
     def train_steps(self, step_fn: Callable, abstract_state: Any, **kwargs: Any) -> Callable:
         """The train step `step_fn` (state donated) taking k batches stacked as [local_devices,
         k, per_device_batch, ...] (k >= 1, any k; each new k compiles once) and running them in

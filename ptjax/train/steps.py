@@ -77,7 +77,11 @@ def train_step(
     total_weight = jnp.maximum(psum(jnp.sum(weights), axis_name), 1.0)
 
     def loss_fn(params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
-        loss_sum, sums = task.loss(model, params, batch, rng=rng, train=True)
+        # A LoRA run (AdaptedState) differentiates its adapters and new head only, the frozen
+        # base joined in as a constant, the adapters applied inside the model's projections.
+        with state.applied(train=True):
+            model_params = state.model_params(params)
+            loss_sum, sums = task.loss(model, model_params, batch, rng=rng, train=True)
         return loss_sum / total_weight, sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -31,8 +31,9 @@ from ptjax.data.tokenizer import (
     load_tokenizer,
     train_tokenizer,
 )
+from ptjax.models import lora
 from ptjax.run import default_data_dir, tokenizer_path  # noqa: F401 - used and re-exported.
-from ptjax.train import accounting, lock, optim, parallel, preemption, source_run, steps
+from ptjax.train import accounting, adaptation, lock, optim, parallel, preemption, source_run, steps
 from ptjax.train import metrics as metrics_lib
 from ptjax.train.checkpoint import (
     BestParams,
@@ -42,7 +43,7 @@ from ptjax.train.checkpoint import (
     DataLayoutError,
     restore_matching_params,
 )
-from ptjax.train.state import TrainState, init_params, init_state
+from ptjax.train.state import AdaptedState, TrainState, init_params, init_state
 
 CONFIG_FILE = "config.json"
 # What a ptjax workdir may hold; a directory with anything else is not one.
@@ -305,6 +306,39 @@ def write_samples(
     return completions
 
 
+def check_source_not_adapted(config: ml_collections.ConfigDict) -> None:
+    """Refuses an init_checkpoint in a LoRA run: its checkpoints hold adapters, not a model."""
+    source = config.init_checkpoint and source_run.find_run_dir(config.init_checkpoint)
+    if source and adaptation.FACTS_KEY in run_lib.read_run_file(source):
+        raise config_lib.ConfigError(
+            f"Config key init_checkpoint={config.init_checkpoint!r} is a LoRA run: its "
+            "checkpoints hold adapters on another run's model. Export it merged "
+            "(scripts/convert_checkpoint.py --export) and import that, or start from its base, "
+            f"{run_lib.read_run_file(source)[adaptation.FACTS_KEY].get('base')}."
+        )
+
+
+def lora_base(
+    config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpointer | None
+) -> str:
+    """The base a LoRA run adapts: the one its run.json recorded once it has checkpoints (even
+    if init_checkpoint's run has moved on since), else init_checkpoint's."""
+    recorded = run_lib.read_run_file(workdir).get(adaptation.FACTS_KEY)
+    if checkpointer is not None and checkpointer.all_steps() and recorded:
+        return adaptation.base_of(run_lib.read_run_file(workdir), workdir)
+    return config.init_checkpoint
+
+
+def model_params(state: TrainState, par: parallel.Parallel) -> Any:
+    """The model's parameters as evals, samples and exports take them: a LoRA run's with the
+    adapters merged into the kernels (on the devices, where the state lives)."""
+    if not isinstance(state, AdaptedState):
+        return state.params
+    full = state.model_params(state.params)
+    kernels = par.apply(functools.partial(lora.merged_kernels, spec=state.spec), full)
+    return lora.merge(full, state.spec, kernels)
+
+
 def _lock_workdir(workdir: str, cleanup: contextlib.ExitStack) -> None:
     """Process 0 takes WORKDIR/run.lock until the run ends; every process learns if it could."""
     error = None
@@ -410,14 +444,40 @@ def _train_and_evaluate(
     model, model_config = models.build(config, tokenizer.vocab_size, **head_kwargs)
     check_tokenizer_fits(config, tokenizer, model_config)
 
-    abstract_params = jax.eval_shape(
-        functools.partial(init_params, config, model), jax.random.PRNGKey(0)
-    )
+    check_source_not_adapted(config)
+    lora_spec = adaptation.spec(config)
+    adapted = None
+    if lora_spec is None:
+        abstract_params = jax.eval_shape(
+            functools.partial(init_params, config, model), jax.random.PRNGKey(0)
+        )
+    else:  # The base is read now: it is part of every LoRA run's state, resumed or not.
+        base = lora_base(config, workdir, checkpointer)
+        adapted = adaptation.start(
+            config, lora_spec, functools.partial(init_params, config, model), base, par.shardings
+        )
+        abstract_params = jax.eval_shape(lambda: adapted.trainable)
+        logging.info(
+            "LoRA rank %d (alpha %g, dropout %g) on %s of base %s; trained in full: %s; base "
+            "parameters the model does not use: %s.",
+            lora_spec.rank,
+            lora_spec.alpha,
+            lora_spec.dropout,
+            ", ".join(lora_spec.targets),
+            adapted.base,
+            ", ".join(adapted.fresh) or "none",
+            ", ".join(adapted.dropped) or "none",
+        )
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, abstract_params)
-    abstract_state = jax.eval_shape(functools.partial(init_state, config, model, tx))
+    if adapted is None:
+        abstract_state = jax.eval_shape(functools.partial(init_state, config, model, tx))
+    else:  # What checkpoints hold: the trainable parameters' state.
+        abstract_state = jax.eval_shape(
+            lambda: TrainState.create(adapted.trainable, tx, jax.random.PRNGKey(0))
+        )
     latest = checkpointer.newest_compatible(abstract_state) if checkpointer else None
     imported = None
-    if latest is None and config.init_checkpoint:
+    if latest is None and config.init_checkpoint and adapted is None:
         # Fresh parameters first: the checkpoint replaces those it shares with the model, and
         # a new task head keeps its initialisation.
         fresh = jax.jit(
@@ -485,6 +545,11 @@ def _train_and_evaluate(
     if restored is not None:
         latest, state = restored
         logging.info("Resuming from %s/%d", checkpointer.directory, latest)
+    elif adapted is not None:
+        state = jax.jit(
+            lambda params, rng: TrainState.create(params, tx, rng),
+            out_shardings=par.shardings(abstract_state),
+        )(adapted.trainable, jax.random.split(jax.random.PRNGKey(config.seed))[1])
     else:
         state = par.init(functools.partial(init_state, config, model, tx), abstract_state)
         if imported is not None:
@@ -492,6 +557,10 @@ def _train_and_evaluate(
                 lambda params, rng: TrainState.create(params, tx, rng),
                 out_shardings=par.shardings(abstract_state),
             )(imported.params, state.rng)
+    step_state = abstract_state  # What the train steps take.
+    if adapted is not None:
+        state = AdaptedState.adapting(state, adapted.frozen, lora_spec)
+        step_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     writer = metrics_lib.create_writer(workdir)
     cleanup.callback(writer.close)
     if restored is None:
@@ -501,13 +570,20 @@ def _train_and_evaluate(
     if jax.process_index() == 0:  # What inference needs without the data (ptjax.run.Run).
         labels = task.run_facts().get("label_names")
         facts = run_lib.run_facts(config, tokenizer.path, labels, workdir)
+        if adapted is not None:
+            facts[adaptation.FACTS_KEY] = adaptation.facts(lora_spec, adapted.base)
         run_lib.write_run_file(workdir, facts)
     n_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
+    n_frozen = sum(int(np.size(x)) for x in jax.tree.leaves(getattr(state, "frozen", None)))
+    opt_bytes = sum(int(np.size(x)) * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state))
     logging.info(
-        "Model %s/%s: %d parameters; %d devices, global batch %d x %d tokens.",
+        "Model %s/%s: %d parameters, %d of them trained (optimizer state %.2f MB); %d devices, "
+        "global batch %d x %d tokens.",
         config.model.family,
         config.model.size,
+        n_params + n_frozen,
         n_params,
+        opt_bytes / 1e6,
         jax.device_count(),
         global_batch,
         config.seq_len,
@@ -515,7 +591,7 @@ def _train_and_evaluate(
 
     p_train_steps = par.train_steps(
         steps.train_step,
-        abstract_state,
+        step_state,
         model=model,
         task=task,
         tx=tx,
@@ -620,7 +696,14 @@ def _train_and_evaluate(
             writer.flush()
         if done % config.eval_every_steps == 0 or last:
             eval_metrics, details = run_eval(
-                task, model, p_eval_step, state.params, config, tokenizer, data_kwargs, par=par
+                task,
+                model,
+                p_eval_step,
+                model_params(state, par),
+                config,
+                tokenizer,
+                data_kwargs,
+                par=par,
             )
             writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
             write_results(workdir, config.dataset.eval_split, done, eval_metrics, details)
@@ -641,7 +724,8 @@ def _train_and_evaluate(
                 if improved:
                     logging.info("New best %s=%.4f at step %d", best.metric, best.value, done)
         if generator is not None and (done % config.sample_every_steps == 0 or last):
-            params = state.params if par.mesh is not None else par.local_copy(state.params)
+            params = model_params(state, par)
+            params = params if par.mesh is not None else par.local_copy(params)
             write_samples(generator, params, config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last or stopping:
             # Between log intervals, fetch the steps' flags: never save after a bad step.
@@ -651,7 +735,7 @@ def _train_and_evaluate(
                     last_saved,
                     str(checkpointer.directory),
                 )
-            checkpointer.save(done, par.global_view(state), train_iter)
+            checkpointer.save(done, par.global_view(state.checkpointed()), train_iter)
             last_saved = done
         if stopping:
             checkpointer.wait()
