@@ -134,15 +134,19 @@ class TextEmbedder:
         abstract = jax.eval_shape(encoder.init, jax.random.PRNGKey(0), dummy)["params"]
         fresh = {"bert": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)}
         path, _ = run.checkpoint(checkpoint)
-        restored = restore_matching_params(path, fresh)
-        if restored.fresh:
-            raise ValueError(
-                f"{path} lacks encoder parameters {restored.fresh[:5]}; it is not a BERT run's "
-                "checkpoint."
-            )
+        if config.finetune.lora.rank:  # Its adapters merged into its base's encoder.
+            params = run.restore_params(run.build()[0], checkpoint)["bert"]
+        else:
+            restored = restore_matching_params(path, fresh)
+            if restored.fresh:
+                raise ValueError(
+                    f"{path} lacks encoder parameters {restored.fresh[:5]}; it is not a BERT "
+                    "run's checkpoint."
+                )
+            params = restored.params["bert"]
         embedder = cls(
             encoder,
-            restored.params["bert"],
+            params,
             tokenizer,
             pooling=pooling,
             normalize=normalize,

@@ -18,6 +18,7 @@ from ptjax.config_presets import bert_classification_config, bert_config, gpt_co
 from ptjax.models import lora
 from ptjax.run import Run
 from ptjax.text_classifier import TextClassifier
+from ptjax.text_embedder import TextEmbedder
 from ptjax.train import adaptation, checkpoint, trainer
 from ptjax.train.evaluator import evaluate_checkpoint
 from ptjax.train.state import join_params
@@ -131,6 +132,11 @@ def test_lora_classifier_trains_adapters_only_resumes_exactly_and_exports_merged
     classifier = TextClassifier.from_workdir(workdir, "6")
     probs = classifier.predict_proba(["win a free prize now", "lunch at noon?"])
     assert probs.shape == (2, 2) and np.allclose(probs.sum(-1), 1.0)
+    embedder = TextEmbedder.from_workdir(workdir, "6")
+    np.testing.assert_array_equal(  # The adapted encoder.
+        embedder.params["layer_0"]["attention"]["query"]["kernel"], flat[query]
+    )
+    assert embedder(["win a free prize now"]).shape == (1, model_config.d_model)
 
     # The export is the merged model, as transformers computes it.
     import torch
