@@ -1,11 +1,26 @@
 """SentencePiece tokenizer: loading, encoding, and training one from in-memory texts.
 
 Every tokenizer ptjax trains has the same special ids (pad=0, eos=1, unk=2, bos=3) and byte
-fallback, so any text round-trips. T5's published `spiece.model` (pad 0, eos 1, unk 2, no bos)
-loads too. A run's tokenizer is either a sentencepiece model (`tokenizer/spm.model`) or a
-Hugging Face tokenizer imported by `ptjax.interop` (`tokenizer/tokenizer.json`);
-`load_tokenizer` and `tokenizer_file` pick by the files, and code reads the special ids from the
-tokenizer object.
+fallback, so any text round-trips. Other sentencepiece models load too: `Tokenizer` reads the
+special ids from the model itself (`pad_id()`, `eos_id()`, `unk_id()`, `bos_id()`), so T5's
+`spiece.model` has pad 0, eos 1, unk 2 and no bos (bos_id -1), and Llama 2's `tokenizer.model`
+unk 0, bos 1, eos 2. ptjax needs an eos, and a pad id that encode never emits (its pipelines
+give padding weight 0 by its id); a model without a pad piece pads with the `pad_token` that a
+`tokenizer_config.json` next to it names (never the eos), else, with byte fallback, with its
+unk id: byte fallback spells every character the pieces lack in byte pieces, so encode never
+emits unk. That file's `add_bos_token` / `add_eos_token` change nothing here: encode adds no
+special tokens, ptjax's pipelines do.
+
+A `tokenizer_class` of LlamaTokenizer in that file switches encode to transformers 5's rule for
+Llama, which differs from sentencepiece's own on texts that start with whitespace: sentencepiece
+puts its dummy prefix '\u2581' before every text, transformers' Metaspace before a text only
+when it does not start with ' ' or '\u2581' (and never with `add_prefix_space: false`; `legacy`
+changes nothing when special tokens are not read from the text). So ' hi' is
+['\u2581', '\u2581hi'] in sentencepiece and ['\u2581hi'] in transformers, and decodes as 'hi'.
+
+A run's tokenizer is either a sentencepiece model (`tokenizer/spm.model`) or a Hugging Face
+tokenizer imported by `ptjax.interop` (`tokenizer/tokenizer.json`); `load_tokenizer` and
+`tokenizer_file` pick by the files, and code reads the special ids from the tokenizer object.
 """
 
 from __future__ import annotations
@@ -13,9 +28,12 @@ from __future__ import annotations
 import bisect
 import io
 import itertools
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import sentencepiece as spm
 
@@ -23,6 +41,8 @@ PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
 BOS_ID = 3
+TOKENIZER_CONFIG = "tokenizer_config.json"  # A Hugging Face tokenizer's settings, if any.
+_SPACE = "\u2581"  # SentencePiece's whitespace symbol.
 
 
 def _is_remote(path: str) -> bool:
@@ -45,8 +65,44 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def _read_config(model_path: str) -> tuple[str, dict[str, Any]]:
+    """(path, settings) of the tokenizer_config.json next to a model; {} when there is none."""
+    path = os.path.join(os.path.dirname(model_path), TOKENIZER_CONFIG)
+    try:
+        data = _read_bytes(path)
+    except FileNotFoundError:
+        return path, {}
+    try:
+        config = json.loads(data)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return path, config if isinstance(config, dict) else {}
+
+
+def _token(value: Any) -> str | None:
+    """A special token of a tokenizer config: a string or {'content': ...}; None if neither."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _starts_with_space(text: str | bytes) -> bool:
+    if isinstance(text, bytes):
+        return text.startswith((b" ", _SPACE.encode("utf-8")))
+    return text.startswith((" ", _SPACE))
+
+
+def _with_dummy_prefix(proto: Any, on: bool) -> spm.SentencePieceProcessor:
+    """The model of `proto` (a ModelProto) with its dummy prefix switched on or off."""
+    proto = type(proto).FromString(proto.SerializeToString())  # A copy, changed.
+    proto.normalizer_spec.add_dummy_prefix = on
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(proto.SerializeToString())
+    return sp
+
+
 class Tokenizer:
-    """A SentencePiece model with ptjax's fixed special ids (pad 0, eos 1, unk 2, bos 3)."""
+    """A SentencePiece model with its own special ids (ptjax's: pad 0, eos 1, unk 2, bos 3)."""
 
     def __init__(self, path: str):
         self._path = os.fspath(path)
@@ -58,14 +114,64 @@ class Tokenizer:
             raise ValueError(
                 f"Tokenizer model file {self._path!r} is not a valid SentencePiece model: {e}"
             ) from e
-        got = (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id(), self._sp.bos_id())
-        if got[:3] != (PAD_ID, EOS_ID, UNK_ID) or got[3] not in (BOS_ID, -1):  # -1: T5's.
-            raise ValueError(
-                f"Tokenizer model file {self._path!r} has special ids (pad, eos, unk, bos)={got}; "
-                f"ptjax expects {(PAD_ID, EOS_ID, UNK_ID, BOS_ID)}. Train it with "
-                "scripts/train_tokenizer.py."
-            )
+        self._config_path, config = _read_config(self._path)
+        from ptjax.interop.hf_tokenizers import LLAMA_TOKENIZER_CLASSES  # Beside HFTokenizer's.
+
+        llama = config.get("tokenizer_class") in LLAMA_TOKENIZER_CLASSES
+        model = None  # The parsed ModelProto, when needed.
+        if self._sp.pad_id() < 0 or llama:
+            from sentencepiece import sentencepiece_model_pb2  # protobuf; only needed here.
+
+            model = sentencepiece_model_pb2.ModelProto.FromString(proto)
+        self._pad_id, self._eos_id = self._pad_and_eos(config, model)
+        # Per text, the model that encodes it: [0] for a text that starts with whitespace, [1]
+        # for others; and the model that decodes. All sentencepiece's own, but for a Llama.
+        self._encoders = (self._sp, self._sp)
+        self._decoder = self._sp
+        if llama:
+            has_prefix = model.normalizer_spec.add_dummy_prefix
+            without = _with_dummy_prefix(model, False) if has_prefix else self._sp
+            if config.get("add_prefix_space", True) is False:
+                self._encoders, self._decoder = (without, without), without
+            else:
+                with_prefix = self._sp if has_prefix else _with_dummy_prefix(model, True)
+                self._encoders, self._decoder = (without, with_prefix), with_prefix
         self._num_threads = min(os.cpu_count() or 1, 16)
+
+    def _pad_and_eos(self, config: dict[str, Any], model: Any) -> tuple[int, int]:
+        """(pad, eos) ids: the model's, with a pad chosen when it has none (module docstring);
+        `model` is its ModelProto, given when it has no pad piece."""
+        eos = self._sp.eos_id()
+        if eos < 0:
+            raise ValueError(
+                f"Tokenizer model file {self._path!r} has no eos piece (eos_id -1), and ptjax's "
+                "pipelines end every text with one. Train it with scripts/train_tokenizer.py."
+            )
+        if self._sp.pad_id() >= 0:
+            return self._sp.pad_id(), eos
+        token = _token(config.get("pad_token"))
+        if token is not None:
+            token_id = self._sp.piece_to_id(token)
+            if self._sp.id_to_piece(token_id) != token:
+                raise ValueError(
+                    f"{self._config_path} names pad_token={token!r}, which is not a piece of "
+                    f"the sentencepiece model {self._path!r}."
+                )
+            if token_id != eos:
+                return token_id, eos
+            logging.warning(
+                "%s names the eos %r as pad_token; ptjax pads with an id encode never emits "
+                "(padding is dropped from the loss by its id), so it is not used.",
+                self._config_path,
+                token,
+            )
+        if model.trainer_spec.byte_fallback:
+            return self._sp.unk_id(), eos  # Never emitted: byte pieces spell what is missing.
+        raise ValueError(
+            f"Tokenizer model file {self._path!r} has no pad piece and no byte fallback, and "
+            f"ptjax needs a pad id that encode never emits; name one as 'pad_token' in "
+            f"{self._config_path}."
+        )
 
     @property
     def path(self) -> str:
@@ -77,35 +183,46 @@ class Tokenizer:
 
     @property
     def pad_id(self) -> int:
-        return PAD_ID
+        """The model's pad piece; without one, a piece encode never emits (module docstring)."""
+        return self._pad_id
 
     @property
     def eos_id(self) -> int:
-        return EOS_ID
+        return self._eos_id
 
     @property
     def unk_id(self) -> int:
-        return UNK_ID
+        return self._sp.unk_id()
 
     @property
     def bos_id(self) -> int:
-        return self._sp.bos_id()  # BOS_ID, or -1 for T5's spiece.model (no bos).
+        return self._sp.bos_id()  # -1 for a model without one (T5's spiece.model).
 
     def piece_to_id(self, piece: str) -> int:
-        """Id of a vocabulary piece (e.g. '[MASK]'); unknown pieces give UNK_ID."""
+        """Id of a vocabulary piece (e.g. '[MASK]'); unknown pieces give unk_id."""
         return self._sp.piece_to_id(piece)
 
     def id_to_piece(self, token_id: int) -> str:
         """The vocabulary piece of an id; word-initial pieces start with '\u2581'."""
         return self._sp.id_to_piece(int(token_id))
 
+    def _encoder(self, text: str | bytes) -> spm.SentencePieceProcessor:
+        return self._encoders[0 if _starts_with_space(text) else 1]
+
     def encode(self, text: str | bytes) -> list[int]:
         """Token ids of one text, without eos/bos."""
-        return self._sp.encode(text, out_type=int)
+        return self._encoder(text).encode(text, out_type=int)
 
     def encode_batch(self, texts: Sequence[str | bytes]) -> list[list[int]]:
         """Token ids of many texts, encoded by SentencePiece's own thread pool."""
-        return self._sp.encode(list(texts), out_type=int, num_threads=self._num_threads)
+        texts = list(texts)
+        ids = self._encoders[1].encode(texts, out_type=int, num_threads=self._num_threads)
+        if self._encoders[0] is not self._encoders[1]:  # A Llama: texts after whitespace again.
+            spaced = [i for i, text in enumerate(texts) if _starts_with_space(text)]
+            again = self._encoders[0].encode([texts[i] for i in spaced], out_type=int)
+            for i, row in zip(spaced, again, strict=True):
+                ids[i] = row
+        return ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids of one text and, per token, its (start, end) character span in `text`.
@@ -119,7 +236,7 @@ class Tokenizer:
         from sentencepiece import sentencepiece_pb2  # protobuf; only needed here.
 
         proto = sentencepiece_pb2.SentencePieceText()
-        proto.ParseFromString(self._sp.encode(text, out_type="serialized_proto"))
+        proto.ParseFromString(self._encoder(text).encode(text, out_type="serialized_proto"))
         data = text.encode("utf-8")
         if len(data) == len(text):  # ASCII: bytes are characters.
             char_starts = None
@@ -151,7 +268,7 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; pad ids are dropped."""
-        return self._sp.decode([int(i) for i in ids if int(i) != PAD_ID])
+        return self._decoder.decode([int(i) for i in ids if int(i) != self._pad_id])
 
     def __repr__(self) -> str:
         return f"Tokenizer(path={self._path!r}, vocab_size={self.vocab_size})"

@@ -8,9 +8,11 @@ Import: config.json gives the family's model config, which must be one of the fa
 sizes up to what a run config can override (vocabulary, positions, segment table, dropout, and
 the shape keys of `ptjax.models.SHAPE_KEYS`: the nearest size with those overrides);
 the weights give the parameters (every tensor accounted for, see `tensor_map`); the tokenizer
-files are copied into WORKDIR/tokenizer (spiece.model as spm.model; a tokenizer.json is built
-from vocab.txt or vocab.json + merges.txt when the directory has none). The run config is the
-family's fine-tuning preset for the task the HF architecture implies, with the model's sizes.
+files are copied into WORKDIR/tokenizer (T5's spiece.model as spm.model; a Llama's
+tokenizer.model as spm.model when there is no tokenizer.json, which transformers reads first
+where both are; a tokenizer.json is built from vocab.txt or vocab.json + merges.txt when the
+directory has none). The run config is the family's fine-tuning preset for the task the HF
+architecture implies, with the model's sizes.
 Written: config.json (as `trainer.save_config` writes it), config.hf.json (the source's
 config.json, which an export carries over), tokenizer/, and checkpoints/0/state holding
 {'params': ...}: the layout of a training checkpoint's state item, which `init_checkpoint`,
@@ -18,9 +20,11 @@ config.json, which an export carries over), tokenizer/, and checkpoints/0/state 
 train from it with `--config.init_checkpoint=WORKDIR` into a new workdir.
 
 Export: a workdir's latest checkpoint (or a given step directory) to config.json,
-model.safetensors and the tokenizer files, for `from_pretrained`; a scanned run's layer stacks
-(model.scan_layers) are unstacked first. An import is unscanned; a scanned run starts from it
-with init_checkpoint, which converts the layout. Neither direction writes into
+model.safetensors and the tokenizer files, for `from_pretrained`: those imported (or trained),
+with a sentencepiece spm.model as T5's spiece.model, or for a Llama as tokenizer.model and a
+tokenizer_config.json for LlamaTokenizer (its special tokens, add_bos_token); a scanned run's
+layer stacks (model.scan_layers) are unstacked first. An import is unscanned; a scanned run
+starts from it with init_checkpoint, which converts the layout. Neither direction writes into
 a non-empty directory; both build in a temporary sibling and rename it into place.
 """
 
@@ -230,7 +234,9 @@ def _build_in_sibling(path: str, what: str, build: Any) -> None:
 
 
 def _import_tokenizer(hf_dir: str, target: str, family: str) -> str:
-    """Copies the HF tokenizer into `target`; returns the path `load_tokenizer` takes."""
+    """Copies the HF tokenizer into `target`; returns the path `load_tokenizer` takes. T5's
+    spiece.model, and a Llama's tokenizer.model where there is no tokenizer.json, become
+    spm.model."""
     os.makedirs(target)
     copied = hf_tokenizers.copy_files(hf_dir, target)
     spiece = os.path.join(target, hf_tokenizers.SPIECE)
@@ -242,7 +248,26 @@ def _import_tokenizer(hf_dir: str, target: str, family: str) -> str:
             )
         return os.path.join(target, tokenizer_lib.SPM_FILE)
     if os.path.exists(spiece):
-        os.remove(spiece)  # Only T5 reads a sentencepiece model here.
+        os.remove(spiece)  # Only T5 reads a sentencepiece model named so.
+    # Llama 2's sentencepiece model. With a tokenizer.json too, that is read, as transformers
+    # does; HFTokenizer then encodes as transformers' LlamaTokenizer (see hf_tokenizers).
+    llama_spm = os.path.join(hf_dir, hf_tokenizers.LLAMA_SPM)
+    if (
+        family == "llama"
+        and hf_tokenizers.TOKENIZER_JSON not in copied
+        and os.path.isfile(llama_spm)
+    ):
+        path = os.path.join(target, tokenizer_lib.SPM_FILE)
+        shutil.copyfile(llama_spm, path)
+        config_path = os.path.join(target, hf_tokenizers.TOKENIZER_CONFIG)
+        config = {}
+        if os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        if "tokenizer_class" not in config:  # Record what HF assumes: encode as LlamaTokenizer.
+            config["tokenizer_class"] = hf_tokenizers.LLAMA_TOKENIZER_CLASSES[0]
+            _write_json(config_path, config, indent=2)
+        return path
     path = os.path.join(target, hf_tokenizers.TOKENIZER_JSON)
     if not os.path.exists(path):
         hf_tokenizers.build(hf_dir).save(path)
@@ -351,10 +376,58 @@ def _locate(source: str) -> tuple[str, str]:
     return workdir, os.path.join(directory, str(steps[-1]))
 
 
+def _export_llama_spm(tokenizer: Any, out_dir: str, written: list[str]) -> None:
+    """Writes a Llama run's sentencepiece model as tokenizer.model with a tokenizer_config.json
+    for transformers' LlamaTokenizer (the copied one, completed); adds their names to `written`."""
+    shutil.copyfile(tokenizer.path, os.path.join(out_dir, hf_tokenizers.LLAMA_SPM))
+    written.append(hf_tokenizers.LLAMA_SPM)
+    config_path = os.path.join(out_dir, hf_tokenizers.TOKENIZER_CONFIG)
+    config: dict[str, Any] = {}
+    if hf_tokenizers.TOKENIZER_CONFIG in written:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    else:
+        written.append(hf_tokenizers.TOKENIZER_CONFIG)
+    reasons = []
+    if config.get("tokenizer_class") not in hf_tokenizers.LLAMA_TOKENIZER_CLASSES:
+        config["tokenizer_class"] = hf_tokenizers.LLAMA_TOKENIZER_CLASSES[0]
+        reasons.append(
+            "ptjax encoded it as sentencepiece does, which differs on texts that start with "
+            "whitespace"
+        )
+    from sentencepiece import sentencepiece_model_pb2  # protobuf; only needed here.
+
+    with open(tokenizer.path, "rb") as f:
+        proto = sentencepiece_model_pb2.ModelProto.FromString(f.read())
+    if proto.trainer_spec.model_type != proto.trainer_spec.BPE:
+        reasons.append("it is not a BPE model, and LlamaTokenizer reads it as one")
+    roles = [("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.eos_id)]
+    roles.append(("unk_token", tokenizer.unk_id))
+    if tokenizer.pad_id != tokenizer.unk_id:  # A pad piece (or one the config named).
+        roles.append(("pad_token", tokenizer.pad_id))
+    for key, token_id in roles:
+        piece = tokenizer.id_to_piece(token_id) if token_id >= 0 else None
+        if hf_tokenizers.token_content(config.get(key)) != piece:  # Else kept as written.
+            config[key] = piece
+    config.setdefault("add_bos_token", tokenizer.bos_id >= 0)
+    config.setdefault("add_eos_token", False)
+    _write_json(config_path, config, indent=2)
+    if reasons:
+        logging.warning(
+            "%s is exported as tokenizer.model for transformers' LlamaTokenizer, whose ids may "
+            "differ from ptjax's: %s.",
+            tokenizer.path,
+            "; ".join(reasons),
+        )
+
+
 def _export_tokenizer(tokenizer: Any, family: str, extra_ids: int, out_dir: str) -> list[str]:
     directory = os.path.dirname(tokenizer.path)
     written = hf_tokenizers.copy_files(directory, out_dir)
     if tokenizer.path.endswith(".json"):
+        return written
+    if family == "llama":
+        _export_llama_spm(tokenizer, out_dir, written)
         return written
     shutil.copyfile(tokenizer.path, os.path.join(out_dir, hf_tokenizers.SPIECE))
     written.append(hf_tokenizers.SPIECE)

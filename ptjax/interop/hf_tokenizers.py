@@ -19,8 +19,25 @@ pad token, and ptjax needs one the tokenizer never emits (the LM pipeline gives 
 and segment 0 by its id, so pad = eos would drop every end-of-document target): a byte-level BPE
 without a pad token pads with the token of a byte that never occurs in UTF-8 text (0xFF, 'ÿ',
 or the next such byte the vocabulary has). It is never written into the exported tokenizer.
+Llama 2 has no pad token either (`pad_token: null`), but a BPE with byte fallback and all 256
+byte pieces (<0x00> ... <0xFF>) spells in bytes every character its vocabulary lacks, so it
+never emits unk: such a BPE without a pad token pads with the unk id (as
+`ptjax.data.tokenizer.Tokenizer` does for Llama 2's tokenizer.model).
 
-T5's `spiece.model` is a sentencepiece model and goes through `ptjax.data.tokenizer.Tokenizer`.
+A `tokenizer_class` of LlamaTokenizer(Fast) in tokenizer_config.json, over a BPE that is not
+byte-level (transformers reads a Llama 3 style one as it is), encodes and decodes as
+transformers 5 does: its LlamaTokenizer takes only the vocabulary and merges of a
+tokenizer.json and sets its own pipeline (no normalizer; a Metaspace pre-tokenizer that prepends
+'\u2581' to a text unless it starts with ' ' or '\u2581', or never with `add_prefix_space:
+false`; a decoder that strips that one space again). So does this class, in memory. Llama 2's
+published tokenizer.json instead prepends '\u2581' to every text in its normalizer, as
+sentencepiece does: read as is, ' hi' would be ['\u2581', '\u2581hi'] where transformers gives
+['\u2581hi']. The BPE model is read as the file has it (transformers rebuilds it with byte
+fallback on and no unk token: the same ids where the file has byte fallback and all 256 byte
+pieces, as Llama 2's has).
+
+T5's `spiece.model` is a sentencepiece model and goes through `ptjax.data.tokenizer.Tokenizer`,
+as does a Llama's `tokenizer.model` imported without a tokenizer.json.
 """
 
 from __future__ import annotations
@@ -32,10 +49,14 @@ import shutil
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+# tokenizer_class values for which encoding follows transformers' LlamaTokenizer (a
+# sentencepiece model's and a non-byte-level tokenizer.json's alike).
+LLAMA_TOKENIZER_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 SPIECE = "spiece.model"
+LLAMA_SPM = "tokenizer.model"  # Llama 2's sentencepiece model (LlamaTokenizer's vocab_file).
 # Files of a Hugging Face tokenizer that an import copies (and an export copies back).
 FILES = (
     TOKENIZER_JSON,
@@ -55,6 +76,7 @@ _ROLES = {
     "bos": (("bos_token", "cls_token"), ("<s>", "<|endoftext|>", "<|begin_of_text|>", "[CLS]")),
 }
 _NEVER_IN_UTF8 = (0xFF, 0xFE, 0xFD, 0xFC, 0xFB, 0xFA, 0xF9, 0xF8, 0xF7, 0xF6, 0xF5, 0xC1, 0xC0)
+_SPACE = "\u2581"  # SentencePiece's whitespace symbol, which Llama's Metaspace writes.
 
 
 def _byte_char(b: int) -> str:
@@ -66,7 +88,7 @@ def _byte_char(b: int) -> str:
     return chr(256 + [x for x in range(256) if x not in printable].index(b))
 
 
-def _content(value: Any) -> str | None:
+def token_content(value: Any) -> str | None:
     """A special token from a tokenizer config: a string or {'content': ...}."""
     if isinstance(value, dict):
         value = value.get("content")
@@ -100,6 +122,30 @@ def _is_byte_level(description: dict[str, Any]) -> bool:
     pre = description.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     return any(p.get("type") == "ByteLevel" for p in parts if isinstance(p, dict))
+
+
+def _mentions_byte_level(description: dict[str, Any]) -> bool:
+    """Whether any part of a tokenizer.json but its vocabulary is ByteLevel: transformers 5 then
+    reads it as it is, whatever tokenizer_class its config names."""
+    parts = {k: v for k, v in description.items() if k not in ("model", "added_tokens")}
+    return '"ByteLevel"' in json.dumps(parts)
+
+
+def _follow_llama(tokenizer: Any, config: dict[str, Any]) -> None:
+    """Sets `tokenizer`'s normalizer, pre-tokenizer and decoder as transformers 5's
+    LlamaTokenizer.__init__ does for the settings of its tokenizer_config.json `config`."""
+    from tokenizers import decoders, pre_tokenizers
+
+    prefix = config.get("add_prefix_space") is not False  # None (unset) means True.
+    scheme = ("always" if config.get("legacy") else "first") if prefix else "never"
+    tokenizer.normalizer = None
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement=_SPACE, prepend_scheme=scheme, split=False
+    )
+    steps = [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prefix:
+        steps.append(decoders.Strip(content=" ", left=1))
+    tokenizer.decoder = decoders.Sequence(steps)
 
 
 # Post-processors that add special tokens (when asked to; ptjax never asks).
@@ -181,9 +227,16 @@ class HFTokenizer:
                 "; ".join(self._switched_off),
             )
         config, self._config_source = _special_config(os.path.dirname(self._path))
+        if (
+            config.get("tokenizer_class") in LLAMA_TOKENIZER_CLASSES
+            and (description.get("model") or {}).get("type") == "BPE"
+            and not _mentions_byte_level(description)  # Llama 3 style: read as it is.
+        ):
+            _follow_llama(self._tok, config)
+            logging.info("Tokenizer %s: encodes as transformers' LlamaTokenizer.", self._path)
         self._ids = {role: self._role_id(role, config) for role in _ROLES}
         if self._ids["pad"] is None:
-            self._ids["pad"] = self._unused_byte_id(description)
+            self._ids["pad"] = self._unused_id(description)
         if self._ids["eos"] is None:
             raise ValueError(
                 f"Tokenizer {self._path!r} has no eos (or sep) token; name one as 'eos_token' in "
@@ -198,7 +251,7 @@ class HFTokenizer:
         keys, fallbacks = _ROLES[role]
         for key in keys:
             if key in config:
-                token = _content(config[key])
+                token = token_content(config[key])
                 if token is None:
                     continue  # Explicitly none (GPT-2's pad_token: null).
                 token_id = self._tok.token_to_id(token)
@@ -215,12 +268,21 @@ class HFTokenizer:
                 return self._tok.token_to_id(token)
         return None
 
-    def _unused_byte_id(self, description: dict[str, Any]) -> int:
+    def _unused_id(self, description: dict[str, Any]) -> int:
+        """A pad id for a tokenizer without a pad token: one it never emits (module docstring)."""
         if _is_byte_level(description):
             for b in _NEVER_IN_UTF8:
                 token_id = self._tok.token_to_id(_byte_char(b))
                 if token_id is not None:
                     return token_id
+        model = description.get("model") or {}
+        if (
+            model.get("type") == "BPE"
+            and model.get("byte_fallback")
+            and self._ids["unk"] is not None
+            and all(self._tok.token_to_id(f"<0x{b:02X}>") is not None for b in range(256))
+        ):
+            return self._ids["unk"]  # Never emitted: byte pieces spell what the vocabulary lacks.
         raise ValueError(
             f"Tokenizer {self._path!r} has no pad token, and ptjax needs an id it never emits; "
             f"name one as 'pad_token' in {TOKENIZER_CONFIG}."
@@ -312,7 +374,7 @@ def build(directory: str) -> Any:
         return tokenizers.Tokenizer.from_file(path)
     vocab_txt = os.path.join(directory, "vocab.txt")
     if os.path.exists(vocab_txt):
-        unk = _content(config.get("unk_token")) or "[UNK]"
+        unk = token_content(config.get("unk_token")) or "[UNK]"
         tok = tokenizers.Tokenizer(models.WordPiece.from_file(vocab_txt, unk_token=unk))
         tok.normalizer = normalizers.BertNormalizer(
             clean_text=True,
@@ -324,7 +386,7 @@ def build(directory: str) -> Any:
         tok.decoder = decoders.WordPiece(prefix="##")
         specials = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
         defaults = ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")
-        names = [_content(config.get(k)) or d for k, d in zip(specials, defaults, strict=True)]
+        names = [token_content(config.get(k)) or d for k, d in zip(specials, defaults, strict=True)]
         tok.add_special_tokens([n for n in names if tok.token_to_id(n) is not None])
         return tok
     vocab_json, merges = (
@@ -337,7 +399,7 @@ def build(directory: str) -> Any:
         prefix = bool(config.get("add_prefix_space", False))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix)
         tok.decoder = decoders.ByteLevel()
-        eos = _content(config.get("eos_token")) or "<|endoftext|>"
+        eos = token_content(config.get("eos_token")) or "<|endoftext|>"
         if tok.token_to_id(eos) is not None:
             tok.add_special_tokens([eos])
         return tok
