@@ -50,6 +50,7 @@ def main(argv):
     )
     rows = [
         ("parameters", f"{result.num_params:,}"),
+        ("trained (optimizer state for these)", f"{result.trained_params:,}"),
         ("arguments (state + batch)", gib(result.argument_bytes)),
         ("outputs (new state + metrics)", gib(result.output_bytes)),
         ("temporaries", gib(result.temp_bytes)),

@@ -1,7 +1,7 @@
 """Proof that ptjax's steps lower for TPU and GPU, made on this machine's CPU.
 
     python scripts/export_check.py [--kernels=auto|cpu|xla] [--attention=auto|xla|splash|cudnn]
-        [--platforms=tpu,cuda] [--families=gpt,bert,t5]
+        [--platforms=tpu,cuda] [--families=gpt,bert,t5] [--lora=RANK]
 
 Exports with `jax.export` (platforms=['tpu'] and ['cuda']) the bf16 train step on a (2, 2, 2)
 mesh, the eval step and the greedy decoding loop of GPT, BERT (no decoding) and T5 at the tiny
@@ -18,7 +18,9 @@ CUDA XLA's attention and says so in "attention". The last line printed is one JS
     {"exported": {"tpu": {"gpt": "ok", ...}, "cuda": {...}}, "failures": 0,
      "tpu_kernel_calls": N, "cpu_only_forms": 0, "attention": {"tpu": "splash", ...}}
 
-and the exit status is 1 if anything failed to export or holds a CPU-only form.
+and the exit status is 1 if anything failed to export or holds a CPU-only form. `--lora=RANK`
+exports the LoRA fine-tuning train step instead (finetune.lora: adapters of that rank in every
+projection, adapter dropout 0.05, the model frozen).
 """
 
 import os
@@ -41,8 +43,9 @@ CPU_ONLY = re.compile(
 )
 
 
-def family_config(family: str):
-    """The tiny `family` run, bf16, on the MESH, with a 512-piece vocabulary (no tokenizer)."""
+def family_config(family: str, lora_rank: int = 0):
+    """The tiny `family` run, bf16, on the MESH, with a 512-piece vocabulary (no tokenizer);
+    with `lora_rank`, its LoRA fine-tune."""
     from ptjax import config_presets
 
     if family == "gpt":
@@ -62,14 +65,17 @@ def family_config(family: str):
     config.model.attention_dropout_rate = 0.0
     if family == "t5":
         config.seq2seq.target_len = 32
+    if lora_rank:
+        config.finetune.lora.rank = lora_rank
+        config.finetune.lora.targets = "query,key,value,out,wi,wi_0,wi_1,wo"
     return config
 
 
 def exported_modules(
-    family: str, platform: str, kernels: str = "auto", kernel: str = "xla"
+    family: str, platform: str, kernels: str = "auto", kernel: str = "xla", lora_rank: int = 0
 ) -> dict[str, str]:
     """{what: exported StableHLO text} of `family`'s steps for `platform`, with attention
-    `kernel`."""
+    `kernel` (with `lora_rank`: the LoRA train step alone)."""
     import jax
     from jax import export
 
@@ -78,11 +84,13 @@ def exported_modules(
     from ptjax.models import attention
     from ptjax.train import estimate, parallel, sharding, steps
 
-    config = family_config(family)
+    config = family_config(family, lora_rank)
     forms = backend.resolve_platform(kernels, platform)
     lowered = {}
     step, state, batch = estimate.train_step_args(config, forms=forms, attention_kernel=kernel)
     lowered["train"] = export.export(step, platforms=[platform])(state, batch)
+    if lora_rank:
+        return {what: exp.mlir_module() for what, exp in lowered.items()}
 
     model, _ = models.build(config)
     task = estimate.task_of(config)
@@ -124,6 +132,7 @@ def main(argv: list[str]) -> int:
         "attention": "auto",
         "platforms": ",".join(PLATFORMS),
         "families": ",".join(FAMILIES),
+        "lora": "0",
     }
     for arg in argv:
         key, _, value = arg.removeprefix("--").partition("=")
@@ -141,7 +150,9 @@ def main(argv: list[str]) -> int:
         print(f"{platform:>5}: attention {kernel} ({why})")
         for family in families:
             try:
-                modules = exported_modules(family, platform, options["kernels"], kernel)
+                modules = exported_modules(
+                    family, platform, options["kernels"], kernel, int(options["lora"])
+                )
             except Exception as e:  # Reported, counted and the next one tried.
                 traceback.print_exc()
                 exported[platform][family] = f"failed: {type(e).__name__}: {e}"[:300]

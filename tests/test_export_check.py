@@ -3,6 +3,7 @@ from this CPU with the accelerators' forms, and the check finds CPU-only forms w
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -57,3 +58,23 @@ def test_cpu_forms_forced_onto_a_tpu_export_are_found():
     status = result["exported"]["tpu"]["gpt"]
     for form in ("add_bias", "matmul", "optimization_barrier", "ui16"):
         assert form in status, status
+
+
+@pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.
+def test_the_lora_train_step_exports_with_optimizer_state_for_the_adapters_only():
+    code, result, done = _run("--lora=4", "--families=llama,t5,bert")
+    assert code == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert result["exported"] == {
+        platform: {family: "ok" for family in ("llama", "t5", "bert")}
+        for platform in ("tpu", "cuda")
+    }
+    assert result["cpu_only_forms"] == 0 and result["tpu_kernel_calls"] >= 3 + 9 + 3
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import export_check
+
+    text = export_check.exported_modules("bert", "tpu", "auto", "splash", lora_rank=4)["train"]
+    names = set(re.findall(r"\"((?:state|result\[0\])\.[^\"]*)\"", text))
+    moments = [n for n in names if ".opt_state" in n and ("'kernel'" in n or "'lora_" in n)]
+    assert moments and all("'lora_" in n for n in moments), sorted(moments)[:5]
+    assert any(n.startswith("state.frozen") and "'query']['kernel']" in n for n in names)

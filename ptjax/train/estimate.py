@@ -32,9 +32,9 @@ import ml_collections
 
 from ptjax import backend, models, tasks
 from ptjax import run as run_lib
-from ptjax.models import attention
-from ptjax.train import optim, parallel, sharding, steps
-from ptjax.train.state import TrainState
+from ptjax.models import attention, lora
+from ptjax.train import adaptation, optim, parallel, sharding, steps
+from ptjax.train.state import AdaptedState, TrainState
 
 GIB = 2**30
 
@@ -114,8 +114,18 @@ def train_step_args(
     abstract_params = jax.eval_shape(
         functools.partial(init_params, config, model), jax.random.PRNGKey(0)
     )
-    tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, abstract_params)
-    state = jax.eval_shape(functools.partial(init_state, config, model, tx))
+    lora_spec = adaptation.spec(config)
+    if lora_spec is None:
+        tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, abstract_params)
+        state = jax.eval_shape(functools.partial(init_state, config, model, tx))
+    else:  # A LoRA run's: the adapters train, the whole model stays frozen (no base read).
+        adapters = jax.eval_shape(
+            functools.partial(lora.adapters, params=abstract_params, spec=lora_spec),
+            jax.random.PRNGKey(0),
+        )
+        tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, adapters)
+        trained = jax.eval_shape(lambda: TrainState.create(adapters, tx, jax.random.PRNGKey(0)))
+        state = AdaptedState.adapting(trained, abstract_params, lora_spec)
     assert isinstance(state, TrainState)
     kwargs = dict(
         model=model, task=task, tx=tx, schedule=schedule, num_microbatches=config.num_microbatches
@@ -147,10 +157,12 @@ def train_step_args(
 
 def lower_train_step(
     config: ml_collections.ConfigDict, per_device_batch_size: int | None = None
-) -> tuple[Any, int, Any]:
-    """(the trainer's train step lowered on abstract arguments, the number of parameters, the
-    model's hyper-parameters). Nothing of the model's size is allocated. pmap: the per-device
-    program; mesh: the global program on config.parallelism's mesh (XLA reports per device).
+) -> tuple[Any, int, int, Any]:
+    """(the trainer's train step lowered on abstract arguments, the number of the model's
+    parameters, the number of those trained (fewer in a LoRA run: its adapters; they are
+    counted in), the model's hyper-parameters). Nothing of the model's size is allocated.
+    pmap: the per-device program; mesh: the global program on config.parallelism's mesh (XLA
+    reports per device).
     Traced with the forms of config.model.kernels on this machine's devices."""
     par = parallel.create(config.parallelism, config.model.kernels, config.model.attention)
     step, state, batch = train_step_args(
@@ -159,8 +171,9 @@ def lower_train_step(
     lowered = step.lower(state, batch)
     _, head_kwargs = _task_and_head(config)
     _, model_config = models.build(config, **head_kwargs)
-    num_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
-    return lowered, num_params, model_config
+    trained = sum(int(x.size) for x in jax.tree.leaves(state.params))
+    frozen = sum(int(x.size) for x in jax.tree.leaves(getattr(state, "frozen", None)))
+    return lowered, trained + frozen, trained, model_config
 
 
 def _flops(compiled: Any) -> float:
@@ -181,7 +194,7 @@ def estimate(
     """
     rows = per_device_batch_size or config.per_device_batch_size
     start = time.perf_counter()
-    lowered, num_params, model_config = lower_train_step(config, rows)
+    lowered, num_params, trained_params, model_config = lower_train_step(config, rows)
     compiled = lowered.compile(compiler_options)
     compile_seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
@@ -199,6 +212,7 @@ def estimate(
         model_flops_per_step=family.flops_per_token(model_config, config.seq_len) * tokens,
         tokens_per_step=tokens,
         compile_seconds=compile_seconds,
+        trained_params=trained_params,
     )
 
 
