@@ -323,6 +323,7 @@ def test_gpt2_tokenizer_ids_match_and_pad_is_never_emitted(gpt2_dir, tmp_path):
         assert ours.decode(want) == hf.decode(want) == text
     eos = vocab["<|endoftext|>"]
     assert (ours.eos_id, ours.bos_id, ours.unk_id) == (eos, eos, eos) == (hf.eos_token_id,) * 3
+    assert not ours.bos_documents  # GPT-2's documents: <|endoftext|> text.
     # No pad token in GPT-2: the byte 0xFF's token, which UTF-8 text never produces.
     assert ours.id_to_piece(ours.pad_id) == "ÿ" and ours.pad_id != eos
     rng = np.random.default_rng(0)

@@ -343,6 +343,7 @@ def test_a_llama3_style_tokenizer_gives_transformers_ids(tmp_path):
         assert ours.decode(want) == hf.decode(want) == text
     assert hf("hi").input_ids[0] == 0 and ours.encode("hi")[0] != 0  # BOS only on request.
     assert (ours.bos_id, ours.eos_id) == (0, 1)
+    assert ours.bos_documents  # Its post-processor put <|begin_of_text|> first.
 
 
 @pytest.mark.slow  # Over 3 s on the 2-core VM: the whole suite, not the fast tier.

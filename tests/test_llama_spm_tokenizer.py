@@ -326,6 +326,10 @@ def test_a_llama_directory_with_only_a_tokenizer_model_imports_it(
     assert [tok.encode(text) for text in TEXTS] == [
         hf_tokenizer.encode(text, add_special_tokens=False) for text in TEXTS
     ]
+    # Documents and prompts start with <s> as transformers adds it, and end with </s>.
+    assert tok.bos_documents
+    prompt = run.generator().encode_prompts(["In the beginning"])[0]
+    assert prompt == hf_tokenizer("In the beginning").input_ids and prompt[0] == 1
 
     # As Llama 2 ships: a tokenizer.json and a tokenizer_config.json too. Both are copied and
     # the tokenizer.json is read, as transformers reads it first; same ids, same pad.
@@ -346,6 +350,7 @@ def test_a_llama_directory_with_only_a_tokenizer_model_imports_it(
     assert [tok.encode(text) for text in TEXTS] == [
         hf_tokenizer.encode(text, add_special_tokens=False) for text in TEXTS
     ]
+    assert tok.bos_documents  # The config's add_bos_token (and the template's <s>).
 
 
 def test_a_llama_run_exports_its_tokenizer_model_for_llama_tokenizer(llama_import, tmp_path):

@@ -74,6 +74,32 @@ def test_lm_features_hand_made():
     assert single["positions"].shape == (8,)
 
 
+def test_lm_features_of_documents_framed_by_bos_and_eos():
+    # Llama's framing: [bos=3] text [eos=1]; padding 0.
+    rows = np.array([[3, 5, 6, 1, 3, 7, 8, 1, 3], [7, 1, 3, 9, 1, 0, 0, 0, 0]], np.int32)
+    f = {k: v.numpy() for k, v in objectives.lm_features(rows, eos_id=1, bos_id=3).items()}
+    np.testing.assert_array_equal(
+        f["segment_ids"], [[1, 1, 1, 1, 2, 2, 2, 2], [1, 1, 2, 2, 2, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        f["positions"], [[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 0, 1, 2, 0, 0, 0]]
+    )
+    # Every text token and its eos are learned; the next document's bos after an eos is not.
+    np.testing.assert_array_equal(
+        f["weights"], [[1, 1, 1, 0, 1, 1, 1, 0], [1, 0, 1, 1, 0, 0, 0, 0]]
+    )
+
+
+def test_tokenize_documents_with_bos_framing(tok):
+    class Llama(type(tok)):
+        bos_documents = True
+
+    llama = Llama(tok.path)
+    flat = lm_pipeline.tokenize_documents(llama, np.array([b"In the", b""], object))
+    np.testing.assert_array_equal(flat, [3, *tok.encode("In the"), 1, 3, 1])
+    assert flat.dtype == np.int32 and not tok.bos_documents
+
+
 @pytest.mark.parametrize("flush", [False, True])
 def test_packing_loses_and_duplicates_nothing(flush):
     rng = np.random.default_rng(0)

@@ -28,8 +28,14 @@ FEATURE_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 
 
 def tokenize_documents(tokenizer: Tokenizer, texts: np.ndarray) -> np.ndarray:
-    """Flat int32 stream `[eos] + tokens(doc)` for each document of a batch, concatenated."""
+    """Flat int32 stream of a batch's documents, concatenated: `[eos] + tokens(doc)` each
+    (GPT-2's framing, ptjax's own tokenizers'), or `[bos] + tokens(doc) + [eos]` where the
+    tokenizer says its model reads documents so (`bos_documents`: Llama's)."""
     ids = tokenizer.encode_batch(list(texts))  # texts: bytes objects, UTF-8.
+    if tokenizer.bos_documents:
+        bos, eos = [tokenizer.bos_id], [tokenizer.eos_id]
+        framed = itertools.chain.from_iterable(bos + x + eos for x in ids)
+        return np.fromiter(framed, np.int32, count=sum(len(x) + 2 for x in ids))
     lengths = np.fromiter((len(x) for x in ids), np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(lengths.sum()))
     starts = np.cumsum(lengths) - lengths  # Where each document starts in `flat`.
@@ -57,7 +63,10 @@ def _lm_features(tokenizer: Tokenizer) -> iterators.BatchFeatures:
     def features(batches: tf.data.Dataset) -> tf.data.Dataset:
         return batches.map(
             lambda rows: objectives.lm_features(
-                rows, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id
+                rows,
+                eos_id=tokenizer.eos_id,
+                pad_id=tokenizer.pad_id,
+                bos_id=tokenizer.bos_id if tokenizer.bos_documents else None,
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )

@@ -61,14 +61,19 @@ def pack_rows(
     return packed.unbatch()
 
 
-def lm_features(rows: tf.Tensor, *, eos_id: int, pad_id: int = 0) -> dict[str, tf.Tensor]:
+def lm_features(
+    rows: tf.Tensor, *, eos_id: int, pad_id: int = 0, bos_id: int | None = None
+) -> dict[str, tf.Tensor]:
     """Causal-LM features of rows [..., seq_len + 1]; every output is [..., seq_len].
 
     inputs/targets: int32 token ids; weights: float32, 1 where the target is a real token.
     segment_ids: int32, 1 at the start of each row, +1 at every input holding eos (a new
     document); positions: int32, restart at 0 at each segment start. Padding (pad_id, which
-    SentencePiece never emits) gets weight 0, segment id 0 and position 0.
+    SentencePiece never emits) gets weight 0, segment id 0 and position 0. `bos_id`: documents
+    are framed [bos] text [eos] (Llama's): segments start at bos instead, and a bos target (the
+    next document's start, after an eos) has weight 0.
     """
+    start_id = eos_id if bos_id is None else bos_id
     rows = tf.convert_to_tensor(rows, tf.int32)
     batch_shape = tf.shape(rows)[:-1]
     seq_len = rows.shape[-1] - 1
@@ -76,7 +81,7 @@ def lm_features(rows: tf.Tensor, *, eos_id: int, pad_id: int = 0) -> dict[str, t
     inputs, targets = flat[:, :-1], flat[:, 1:]  # [r, seq_len]
     num_rows = tf.shape(flat)[0]
     index = tf.broadcast_to(tf.range(seq_len)[None, :], tf.shape(inputs))  # [r, seq_len]
-    starts = tf.logical_or(tf.equal(inputs, eos_id), tf.equal(index, 0))
+    starts = tf.logical_or(tf.equal(inputs, start_id), tf.equal(index, 0))
     segment_ids = tf.cumsum(tf.cast(starts, tf.int32), axis=1)  # [r, seq_len], from 1
     # Each (row, segment) pair gets a unique id; its first index is where positions restart.
     unique = segment_ids + tf.range(num_rows)[:, None] * (seq_len + 1)
@@ -88,7 +93,12 @@ def lm_features(rows: tf.Tensor, *, eos_id: int, pad_id: int = 0) -> dict[str, t
         "targets": targets,
         "segment_ids": segment_ids * real_input,
         "positions": positions * real_input,
-        "weights": tf.cast(tf.not_equal(targets, pad_id), tf.float32),
+        "weights": tf.cast(
+            tf.logical_and(tf.not_equal(targets, pad_id), tf.not_equal(targets, start_id))
+            if bos_id is not None
+            else tf.not_equal(targets, pad_id),
+            tf.float32,
+        ),
     }
     out_shape = tf.concat([batch_shape, [seq_len]], axis=0)
     return {key: tf.reshape(value, out_shape) for key, value in features.items()}

@@ -118,6 +118,12 @@ class Tokenizer:
         from ptjax.interop.hf_tokenizers import LLAMA_TOKENIZER_CLASSES  # Beside HFTokenizer's.
 
         llama = config.get("tokenizer_class") in LLAMA_TOKENIZER_CLASSES
+        self._bos_documents = (
+            llama
+            and config.get("add_bos_token", True) is not False
+            and self._sp.bos_id() >= 0
+            and self._sp.bos_id() != self._sp.eos_id()
+        )
         model = None  # The parsed ModelProto, when needed.
         if self._sp.pad_id() < 0 or llama:
             from sentencepiece import sentencepiece_model_pb2  # protobuf; only needed here.
@@ -197,6 +203,12 @@ class Tokenizer:
     @property
     def bos_id(self) -> int:
         return self._sp.bos_id()  # -1 for a model without one (T5's spiece.model).
+
+    @property
+    def bos_documents(self) -> bool:
+        """Whether the model reads documents as [bos] text [eos] (a Llama's tokenizer_config.json
+        with add_bos_token, its default) rather than as [eos] text (ptjax's own, GPT-2's)."""
+        return self._bos_documents
 
     def piece_to_id(self, piece: str) -> int:
         """Id of a vocabulary piece (e.g. '[MASK]'); unknown pieces give unk_id."""

@@ -88,13 +88,16 @@ class Generator:
         self._replicated = None
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-        """A causal LM's prompts as new documents (EOS, the document separator, then the
-        pieces); an encoder-decoder's as encoder inputs (input_prefix, pieces, EOS)."""
+        """A causal LM's prompts as new documents (the token documents start with: EOS, GPT-2's
+        separator, or BOS where the tokenizer frames documents with it, then the pieces); an
+        encoder-decoder's as encoder inputs (input_prefix, pieces, EOS)."""
         if self.encoder_decoder:
             prefix = self.input_prefix
             texts = [p if p.startswith(prefix) else prefix + p for p in prompts]
             return [ids + [self.tokenizer.eos_id] for ids in self.tokenizer.encode_batch(texts)]
-        return [[self.tokenizer.eos_id] + ids for ids in self.tokenizer.encode_batch(prompts)]
+        tok = self.tokenizer
+        start = tok.bos_id if tok.bos_documents else tok.eos_id
+        return [[start] + ids for ids in tok.encode_batch(prompts)]
 
     def generate_ids(
         self, prompt_ids: Sequence[Sequence[int]], cfg: DecodeConfig, seed: int = 0

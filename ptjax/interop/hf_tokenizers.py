@@ -188,6 +188,17 @@ def _describe_post_processor(post: dict[str, Any]) -> str:
     return f"post-processor {name}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
+def _template_start(post: dict[str, Any] | None) -> str | None:
+    """The special token a post-processor's template puts before a single text, if any."""
+    parts = (post or {}).get("processors", [post]) if post else []
+    for part in parts:
+        if isinstance(part, dict) and part.get("type") == "TemplateProcessing":
+            first = (part.get("single") or [{}])[0]
+            if "SpecialToken" in first:
+                return first["SpecialToken"].get("id")
+    return None
+
+
 def _switch_off(tokenizer: Any, description: dict[str, Any]) -> tuple[str, ...]:
     """Switches off `tokenizer`'s padding, truncation and post-processor (`description` is its
     JSON); one line for each that was on."""
@@ -246,6 +257,11 @@ class HFTokenizer:
             self._ids["unk"] = -1
         if self._ids["bos"] is None:
             self._ids["bos"] = self._ids["eos"]
+        starts = _template_start(description.get("post_processor"))
+        added = config.get("add_bos_token")
+        self._bos_documents = self._ids["bos"] != self._ids["eos"] and (
+            bool(added) if added is not None else self._tok.token_to_id(starts or "") == self.bos_id
+        )
 
     def _role_id(self, role: str, config: dict[str, Any]) -> int | None:
         keys, fallbacks = _ROLES[role]
@@ -317,6 +333,13 @@ class HFTokenizer:
     @property
     def bos_id(self) -> int:
         return self._ids["bos"]
+
+    @property
+    def bos_documents(self) -> bool:
+        """Whether the model reads documents as [bos] text [eos] (Llama's) rather than GPT-2's
+        [eos] text: its post-processor (switched off) put the bos first, or its
+        tokenizer_config.json says add_bos_token."""
+        return self._bos_documents
 
     def piece_to_id(self, piece: str) -> int:
         """Id of a vocabulary token (e.g. '[MASK]'); unknown tokens give unk_id."""
