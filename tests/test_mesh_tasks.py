@@ -19,7 +19,7 @@ from ptjax.data import qa
 from ptjax.data.builders import text as text_builders
 from ptjax.data.tokenizer import Tokenizer, train_tokenizer
 from ptjax.models import bert
-from ptjax.train import evaluator, parallel, sharding, steps, trainer
+from ptjax.train import evals, evaluator, parallel, sharding, steps, trainer
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def _qa_config(files, mode):
 
 
 def _eval(config, noise=0.0):
-    """trainer.run_eval under config's parallel mode of fresh parameters (seed 0), plus seeded
+    """evals.run_eval under config's parallel mode of fresh parameters (seed 0), plus seeded
     Gaussian `noise` (a fresh T5 decodes the pad id everywhere; noisy weights give every row
     tokens of its own)."""
     task, head_kwargs = tasks.create(config, data_dir=config.dataset.data_dir)
@@ -118,7 +118,7 @@ def _eval(config, noise=0.0):
         local_device_count=jax.local_device_count(),
     )
     p_eval_step = par.eval_step(steps.eval_step, model=model, task=task)
-    return trainer.run_eval(
+    return evals.run_eval(
         task, model, p_eval_step, par.place(params), config, tokenizer, data_kwargs, par=par
     )
 

@@ -61,6 +61,29 @@ def facts(s: lora.LoraSpec, base: str) -> dict[str, Any]:
     return {"base": base, "rank": s.rank, "alpha": s.alpha, "targets": list(s.targets)}
 
 
+def check_not_adapted(config: ml_collections.ConfigDict, source_facts: dict[str, Any]) -> None:
+    """Refuses an init_checkpoint that is a LoRA run (`source_facts`: its run.json): its
+    checkpoints hold adapters on another run's model, not a model."""
+    if FACTS_KEY in source_facts:
+        raise ConfigError(
+            f"Config key init_checkpoint={config.init_checkpoint!r} is a LoRA run: its "
+            "checkpoints hold adapters on another run's model. Export it merged "
+            "(scripts/convert_checkpoint.py --export) and import that, or start from its base, "
+            f"{source_facts[FACTS_KEY].get('base')}."
+        )
+
+
+def base_to_adapt(
+    config: ml_collections.ConfigDict, workdir: str, run_facts: dict[str, Any], resumes: bool
+) -> str:
+    """The base a LoRA run adapts: the one its run.json (`run_facts`) recorded once it has
+    checkpoints (`resumes`; even if init_checkpoint's run has moved on since), else
+    init_checkpoint's."""
+    if resumes and run_facts.get(FACTS_KEY):
+        return base_of(run_facts, workdir)
+    return config.init_checkpoint
+
+
 def base_of(run_facts: dict[str, Any], workdir: str) -> str:
     """The base checkpoint a LoRA run's run.json names; an error naming it when it is gone."""
     recorded = run_facts.get(FACTS_KEY) or {}

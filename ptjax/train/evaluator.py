@@ -23,7 +23,7 @@ from ptjax import backend, models, tasks
 from ptjax.config import ConfigError, load_run_config
 from ptjax.data.tokenizer import load_tokenizer
 from ptjax.run import read_run_file, resolve_checkpoint, run_params
-from ptjax.train import parallel, steps, trainer
+from ptjax.train import evals, parallel, steps, trainer
 
 
 @dataclasses.dataclass
@@ -71,13 +71,13 @@ def evaluate_checkpoint(
         process_count=jax.process_count(),
         local_device_count=jax.local_device_count(),
     )
-    metrics, details = trainer.run_eval(
+    metrics, details = evals.run_eval(
         task, model, p_eval_step, params, config, tokenizer, data_kwargs, par=par
     )
     details = {**details, "checkpoint": path}
     results_file = None
     if write:
-        results_file = trainer.write_results(
+        results_file = evals.write_results(
             workdir, config.dataset.eval_split, step, metrics, details
         )
     return EvalResult(metrics, details, config.dataset.eval_split, step, path, results_file)

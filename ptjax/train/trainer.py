@@ -31,9 +31,18 @@ from ptjax.data.tokenizer import (
     load_tokenizer,
     train_tokenizer,
 )
-from ptjax.models import lora
 from ptjax.run import default_data_dir, tokenizer_path  # noqa: F401 - used and re-exported.
-from ptjax.train import accounting, adaptation, lock, optim, parallel, preemption, source_run, steps
+from ptjax.train import (
+    accounting,
+    adaptation,
+    evals,
+    lock,
+    optim,
+    parallel,
+    preemption,
+    source_run,
+    steps,
+)
 from ptjax.train import metrics as metrics_lib
 from ptjax.train.checkpoint import (
     BestParams,
@@ -214,131 +223,6 @@ def resharded_data_seed(seed: int, step: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def eval_sums(p_eval_step: Any, params: Any, batches: Any) -> dict[str, np.ndarray]:
-    """The task's metric sums over the whole eval split (all devices and processes), on the
-    host; one device-to-host transfer at the end."""
-    total = None
-    for batch in batches:
-        sums = p_eval_step(params, batch)
-        total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
-    if total is None:
-        raise ValueError("The eval split yielded no batches.")
-    # Every device holds the psum; the first one's copy is the total.
-    return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(total))
-
-
-def evaluate(p_eval_step: Any, params: Any, batches: Any, task: Any) -> dict[str, float]:
-    """Task metrics over the whole eval split."""
-    return task.summarize(eval_sums(p_eval_step, params, batches))
-
-
-def run_eval(
-    task: Any,
-    model: Any,
-    p_eval_step: Any,
-    params: Any,
-    config: ml_collections.ConfigDict,
-    tokenizer: Tokenizer,
-    data_kwargs: dict[str, Any],
-    *,
-    par: parallel.Parallel,
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """(metrics, details for the results file) of `params`, placed by `par`, on config's eval
-    split.
-
-    A task with its own `run_eval` (decoding, span post-processing on the host) runs it, under
-    the same parallel mode; the others sum their metrics over every batch and device
-    (`eval_sums`).
-    """
-    own = task.run_eval(model, params, config, tokenizer, par=par, **data_kwargs)
-    if own is not None:
-        return own
-    sums = eval_sums(p_eval_step, params, task.eval_batches(config, tokenizer, **data_kwargs))
-    return task.summarize(sums), task.details(sums)
-
-
-def write_results(
-    workdir: str, split: str, step: int, metrics: dict[str, float], details: dict[str, Any]
-) -> str:
-    """WORKDIR/results/<split>_step_<step>.json (process 0; an existing file is never replaced:
-    a second evaluation of the same step gets a numbered name)."""
-    directory = os.path.join(workdir, "results")
-    path = os.path.join(directory, f"{split}_step_{step}.json")
-    if jax.process_index() != 0:
-        return path
-    os.makedirs(directory, exist_ok=True)
-    n = 1
-    while os.path.exists(path):
-        n += 1
-        path = os.path.join(directory, f"{split}_step_{step}.{n}.json")
-    record = {"split": split, "step": step, "metrics": metrics, **details}
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def samples_markdown(samples: list[dict[str, Any]], limit: int = 5) -> str:
-    """Decoded eval examples as TensorBoard's text plugin shows them: prediction, references."""
-    blocks = []
-    for i, sample in enumerate(samples[:limit]):
-        refs = sample.get("references") or [sample.get("reference", "")]
-        blocks.append(f"**{i + 1}.** {sample['prediction']}\n\n*reference:* " + " | ".join(refs))
-    return "\n\n---\n\n".join(blocks)
-
-
-def write_samples(
-    generator: Any, params: Any, config: ml_collections.ConfigDict, writer: Any, step: int
-) -> list[str]:
-    """Greedy completions of config.sample_prompts as a TensorBoard text summary (written and
-    logged by process 0; on a mesh every process decodes with it)."""
-    generator.set_params(params)
-    prompts = list(config.sample_prompts)
-    completions = generator.generate(prompts, max_new_tokens=config.sample_max_new_tokens)
-    if jax.process_index() != 0:
-        return completions
-    lines = [
-        f"**{p or '(document start)'}** {c}" for p, c in zip(prompts, completions, strict=True)
-    ]
-    writer.write_texts(step, {"samples": "\n\n".join(lines)})
-    for line in lines:
-        logging.info("sample at step %d: %s", step, line)
-    return completions
-
-
-def check_source_not_adapted(config: ml_collections.ConfigDict) -> None:
-    """Refuses an init_checkpoint in a LoRA run: its checkpoints hold adapters, not a model."""
-    source = config.init_checkpoint and source_run.find_run_dir(config.init_checkpoint)
-    if source and adaptation.FACTS_KEY in run_lib.read_run_file(source):
-        raise config_lib.ConfigError(
-            f"Config key init_checkpoint={config.init_checkpoint!r} is a LoRA run: its "
-            "checkpoints hold adapters on another run's model. Export it merged "
-            "(scripts/convert_checkpoint.py --export) and import that, or start from its base, "
-            f"{run_lib.read_run_file(source)[adaptation.FACTS_KEY].get('base')}."
-        )
-
-
-def lora_base(
-    config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpointer | None
-) -> str:
-    """The base a LoRA run adapts: the one its run.json recorded once it has checkpoints (even
-    if init_checkpoint's run has moved on since), else init_checkpoint's."""
-    recorded = run_lib.read_run_file(workdir).get(adaptation.FACTS_KEY)
-    if checkpointer is not None and checkpointer.all_steps() and recorded:
-        return adaptation.base_of(run_lib.read_run_file(workdir), workdir)
-    return config.init_checkpoint
-
-
-def model_params(state: TrainState, par: parallel.Parallel) -> Any:
-    """The model's parameters as evals, samples and exports take them: a LoRA run's with the
-    adapters merged into the kernels (on the devices, where the state lives)."""
-    if not isinstance(state, AdaptedState):
-        return state.params
-    full = state.model_params(state.params)
-    kernels = par.apply(functools.partial(lora.merged_kernels, spec=state.spec), full)
-    return lora.merge(full, state.spec, kernels)
-
-
 def _lock_workdir(workdir: str, cleanup: contextlib.ExitStack) -> None:
     """Process 0 takes WORKDIR/run.lock until the run ends; every process learns if it could."""
     error = None
@@ -444,7 +328,8 @@ def _train_and_evaluate(
     model, model_config = models.build(config, tokenizer.vocab_size, **head_kwargs)
     check_tokenizer_fits(config, tokenizer, model_config)
 
-    check_source_not_adapted(config)
+    source = config.init_checkpoint and source_run.find_run_dir(config.init_checkpoint)
+    adaptation.check_not_adapted(config, run_lib.read_run_file(source) if source else {})
     lora_spec = adaptation.spec(config)
     adapted = None
     if lora_spec is None:
@@ -452,7 +337,8 @@ def _train_and_evaluate(
             functools.partial(init_params, config, model), jax.random.PRNGKey(0)
         )
     else:  # The base is read now: it is part of every LoRA run's state, resumed or not.
-        base = lora_base(config, workdir, checkpointer)
+        resumes = checkpointer is not None and bool(checkpointer.all_steps())
+        base = adaptation.base_to_adapt(config, workdir, run_lib.read_run_file(workdir), resumes)
         adapted = adaptation.start(
             config, lora_spec, functools.partial(init_params, config, model), base, par.shardings
         )
@@ -695,20 +581,21 @@ def _train_and_evaluate(
             metrics_lib.log_progress(done, config.total_steps, summary, tps, eta)
             writer.flush()
         if done % config.eval_every_steps == 0 or last:
-            eval_metrics, details = run_eval(
+            eval_metrics, details = evals.run_eval(
                 task,
                 model,
                 p_eval_step,
-                model_params(state, par),
+                evals.model_params(state, par),
                 config,
                 tokenizer,
                 data_kwargs,
                 par=par,
             )
             writer.write_scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-            write_results(workdir, config.dataset.eval_split, done, eval_metrics, details)
+            evals.write_results(workdir, config.dataset.eval_split, done, eval_metrics, details)
             if details.get("samples"):  # Decoded eval examples (seq2seq): a few, as text.
-                writer.write_texts(done, {"eval/samples": samples_markdown(details["samples"])})
+                samples = evals.samples_markdown(details["samples"])
+                writer.write_texts(done, {"eval/samples": samples})
             logging.info(
                 "eval at step %d: %s",
                 done,
@@ -724,9 +611,9 @@ def _train_and_evaluate(
                 if improved:
                     logging.info("New best %s=%.4f at step %d", best.metric, best.value, done)
         if generator is not None and (done % config.sample_every_steps == 0 or last):
-            params = model_params(state, par)
+            params = evals.model_params(state, par)
             params = params if par.mesh is not None else par.local_copy(params)
-            write_samples(generator, params, config, writer, done)
+            evals.write_samples(generator, params, config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last or stopping:
             # Between log intervals, fetch the steps' flags: never save after a bad step.
             if history and stop_policy and (bad := metrics_lib.first_nonfinite(history)) >= 0:
