@@ -315,6 +315,19 @@ def test_estimator_matches_the_compiled_train_step():
     assert sharded.peak_bytes < result.peak_bytes
 
 
+def test_a_lora_estimate_counts_the_frozen_model_and_trains_the_adapters_only():
+    """A LoRA run's state: the whole model frozen, moments for the adapters alone."""
+    full = estimate.estimate(_estimator_config(), compiler_options=FAST_COMPILE)
+    config = _estimator_config(init_checkpoint="/a/base/run")
+    config.finetune.lora.rank, config.finetune.lora.targets = 2, "query,value,wo"
+    adapted = estimate.estimate(config, compiler_options=FAST_COMPILE)
+    # tiny GPT (2 layers, 128 wide, MLP 512): query, value 2 x (128 + 128), wo 2 x (512 + 128).
+    assert adapted.trained_params == 2 * (2 * 2 * 256 + 2 * 640) == 4608
+    assert adapted.num_params == full.num_params + adapted.trained_params
+    # Params once, not three times (params + two moments) as in the full fine-tune.
+    assert adapted.argument_bytes < 0.5 * full.argument_bytes
+
+
 def test_largest_batch_bisects_to_the_last_fit(monkeypatch):
     """Doubling then bisection over multiples of num_microbatches, on a made-up cost model."""
 

@@ -59,6 +59,7 @@ class Estimate:
     # Seconds to trace, lower and compile the step on this machine: what model.scan_layers
     # saves on deep models (one compiled block instead of one per layer).
     compile_seconds: float = 0.0
+    trained_params: int = 0  # Those with gradients and optimizer state (a LoRA run's adapters).
 
     @property
     def peak_bytes(self) -> int:
