@@ -452,3 +452,27 @@ def test_llama_on_a_mesh_gives_the_one_device_loss():
     head = state.params["lm_head"]["kernel"]  # [16, vocab 61]
     assert key.sharding.shard_shape(key.shape) == (8, 1, 4)
     assert head.sharding.shard_shape(head.shape) == (8, 61)
+
+
+def test_model_flops_count_the_vocabulary_output_where_the_task_has_one():
+    """train/mfu's FLOPs: a BERT classifier or span head has no vocabulary output, MLM projects
+    its masked share of positions, a causal LM every position."""
+    from ptjax.config_presets import bert_classification_config, bert_config, bert_qa_config
+
+    def per_token(config, **head):
+        config.model.vocab_size, config.seq_len = 8000, 128
+        _, model_config = models.build(config, **head)
+        return accounting.model_flops_per_token(config, model_config)
+
+    config = bert_config("tiny")
+    config.model.vocab_size = 8000
+    _, cfg = models.build(config)
+    every = bert.flops_per_token(cfg, 128, 1.0)
+    mlm = per_token(bert_config("tiny"))
+    classify = per_token(bert_classification_config("tiny"), num_labels=2)
+    assert classify == per_token(bert_qa_config("tiny")) == bert.flops_per_token(cfg, 128, 0.0)
+    assert mlm == pytest.approx(bert.flops_per_token(cfg, 128, 0.15))
+    assert classify < mlm < every / 2  # The 8000 x 128 table outweighs a tiny BERT's blocks.
+    config = _estimator_config()
+    _, gpt_cfg = models.build(config)
+    assert accounting.model_flops_per_token(config, gpt_cfg) == gpt.flops_per_token(gpt_cfg, 16)

@@ -39,7 +39,9 @@ class ModelFamily:
     module: type[nn.Module]
     config_class: type
     sizes: dict[str, dict[str, Any]]
-    flops_per_token: Callable[[Any, int], float]
+    # Training FLOPs per token of (model config, seq_len, the share of positions the vocabulary
+    # output runs on: a task's predicted_fraction; decoders' tasks predict every position).
+    flops_per_token: Callable[[Any, int, float], float]
     # Task name -> the module with that task's head, where it differs from `module`.
     heads: dict[str, type[nn.Module]] = dataclasses.field(default_factory=dict)
     # Control pieces a tokenizer trained for this family must hold (BERT's [CLS] [SEP] [MASK]).
@@ -145,8 +147,19 @@ class ModelFamily:
             )
 
 
-def _t5_flops(cfg: t5.T5Config, seq_len: int) -> float:
+def _t5_flops(cfg: t5.T5Config, seq_len: int, predicted_fraction: float = 1.0) -> float:
+    del predicted_fraction  # Every target position.
     return t5.flops_per_token(cfg, seq_len, seq_len)
+
+
+def _gpt_flops(cfg: gpt.GPTConfig, seq_len: int, predicted_fraction: float = 1.0) -> float:
+    del predicted_fraction  # Every position.
+    return gpt.flops_per_token(cfg, seq_len)
+
+
+def _llama_flops(cfg: llama.LlamaConfig, seq_len: int, predicted_fraction: float = 1.0) -> float:
+    del predicted_fraction  # Every position.
+    return llama.flops_per_token(cfg, seq_len)
 
 
 MODELS: dict[str, ModelFamily] = {
@@ -154,7 +167,7 @@ MODELS: dict[str, ModelFamily] = {
         module=gpt.GPT,
         config_class=gpt.GPTConfig,
         sizes=gpt.SIZES,
-        flops_per_token=gpt.flops_per_token,
+        flops_per_token=_gpt_flops,
         decode_fns=gpt.decode_fns,
         decode_params=gpt.prepare_decode_params,
     ),
@@ -162,7 +175,7 @@ MODELS: dict[str, ModelFamily] = {
         module=llama.Llama,
         config_class=llama.LlamaConfig,
         sizes=llama.SIZES,
-        flops_per_token=llama.flops_per_token,
+        flops_per_token=_llama_flops,
         decode_fns=llama.decode_fns,
         decode_params=llama.prepare_decode_params,
     ),

@@ -141,3 +141,11 @@ class Task(abc.ABC):
         """The text the run's dataset puts before every input (T5's "translate ...: ")."""
         del config
         return ""
+
+    # Accounting.
+
+    def predicted_fraction(self, config: ml_collections.ConfigDict) -> float:
+        """The share of positions the model's vocabulary output runs on in training, for its
+        FLOPs (train/mfu, estimate.py): every position for language models."""
+        del config
+        return 1.0

@@ -23,6 +23,10 @@ class Classification(Task):
     name = "classification"
     families = ("bert",)
 
+    def predicted_fraction(self, config: ml_collections.ConfigDict) -> float:
+        del config
+        return 0.0  # A classifier on [CLS]; no vocabulary output.
+
     def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
         encoder = {k: spec(rows, config.seq_len) for k in ENCODER_INPUTS}
         return {**encoder, "labels": spec(rows), "weights": spec(rows, dtype=float)}

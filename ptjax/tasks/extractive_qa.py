@@ -31,6 +31,10 @@ class ExtractiveQA(Task):
     families = ("bert",)
     trains_tokenizer = False  # Fine-tuning: the tokenizer comes with init_checkpoint.
 
+    def predicted_fraction(self, config: ml_collections.ConfigDict) -> float:
+        del config
+        return 0.0  # Span logits; no vocabulary output.
+
     def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
         encoder = {k: spec(rows, config.seq_len) for k in ENCODER_INPUTS}
         positions = {"start_positions": spec(rows), "end_positions": spec(rows)}

@@ -37,6 +37,9 @@ class MaskedLM(Task):
     name = "masked_lm"
     families = ("bert",)
 
+    def predicted_fraction(self, config: ml_collections.ConfigDict) -> float:
+        return config.mlm.mask_rate  # Only the masked positions are projected.
+
     def batch_spec(self, config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]:
         length = config.seq_len
         return {

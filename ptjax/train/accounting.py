@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ptjax import models
+from ptjax import models, tasks
 
 # Dense bf16 peak FLOP/s per device (one chip or GPU), from the vendors' data sheets. Matched
 # as lower-case substrings of `jax.Device.device_kind`, first match wins (most specific first).
@@ -77,11 +77,19 @@ def peak_flops(override_per_device: float = 0.0) -> float | None:
     return None if per_device is None else per_device * jax.device_count()
 
 
+def model_flops_per_token(config: ml_collections.ConfigDict, model_config: Any) -> float:
+    """Analytical training FLOPs per position of the run's model and task (the vocabulary output
+    on the task's share of positions: all for language models, the masked ones for MLM, none
+    for a classifier or span head)."""
+    family = models.MODELS[config.model.family]
+    fraction = tasks.TASKS[config.task]().predicted_fraction(config)
+    return family.flops_per_token(model_config, config.seq_len, fraction)
+
+
 def model_flops_per_step(config: ml_collections.ConfigDict, model_config: Any) -> float:
     """Analytical training FLOPs of one global step (every position of every row)."""
-    family = models.MODELS[config.model.family]
     positions = config.per_device_batch_size * jax.device_count() * config.seq_len
-    return family.flops_per_token(model_config, config.seq_len) * positions
+    return model_flops_per_token(config, model_config) * positions
 
 
 class Profiler:

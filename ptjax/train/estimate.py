@@ -33,7 +33,7 @@ import ml_collections
 from ptjax import backend, models, tasks
 from ptjax import run as run_lib
 from ptjax.models import attention, lora
-from ptjax.train import adaptation, optim, parallel, sharding, steps
+from ptjax.train import accounting, adaptation, optim, parallel, sharding, steps
 from ptjax.train.state import AdaptedState, TrainState
 
 GIB = 2**30
@@ -199,7 +199,6 @@ def estimate(
     compiled = lowered.compile(compiler_options)
     compile_seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    family = models.MODELS[config.model.family]
     tokens = rows * config.seq_len
     return Estimate(
         per_device_batch_size=rows,
@@ -210,7 +209,7 @@ def estimate(
         alias_bytes=int(memory.alias_size_in_bytes),
         generated_code_bytes=int(memory.generated_code_size_in_bytes),
         flops_per_step=_flops(compiled) * config.num_microbatches,
-        model_flops_per_step=family.flops_per_token(model_config, config.seq_len) * tokens,
+        model_flops_per_step=accounting.model_flops_per_token(config, model_config) * tokens,
         tokens_per_step=tokens,
         compile_seconds=compile_seconds,
         trained_params=trained_params,
