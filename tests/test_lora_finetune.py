@@ -147,6 +147,7 @@ def test_lora_classifier_trains_adapters_only_resumes_exactly_and_exports_merged
     out = str(tmp_path / "hf")
     assert convert.export_hf(workdir, out) == "BertForSequenceClassification"
     hf = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    assert hf.config.id2label == {0: "ham", 1: "spam"}  # run.json's label names.
     with torch.no_grad():
         logits = hf(
             input_ids=torch.tensor(ids, dtype=torch.long),

@@ -488,6 +488,10 @@ def export_hf(source: str, out_dir: str) -> str:
             carried.pop("id2label", None)
             carried.pop("label2id", None)
         hf = {**hf, **{k: v for k, v in carried.items() if k not in hf or "label" in k}}
+    names = run_lib.read_run_file(workdir).get("label_names") or []
+    if names and len(names) == len(hf.get("id2label", {})):  # The run's classes, as trained.
+        hf["id2label"] = {str(i): name for i, name in enumerate(names)}
+        hf["label2id"] = {name: i for i, name in enumerate(names)}
 
     def build(tmp: str) -> None:
         hf_weights.write_model(tmp, hf, state)
