@@ -445,14 +445,15 @@ def _export_tokenizer(tokenizer: Any, family: str, extra_ids: int, out_dir: str)
     return written
 
 
-def _saved_model(workdir: str, step_dir: str) -> Any:
+def _saved_model(workdir: str, step_dir: str, config: ml_collections.ConfigDict) -> Any:
     """A checkpoint's model parameters as float32 numpy, in the layer layout they were saved
-    in; a LoRA run's merged with its base (what its adapters compute, as one model)."""
+    in; a LoRA run's (`config`, the run's) merged with its base (what its adapters compute,
+    as one model)."""
     from ptjax.train import checkpoint  # Orbax: imported where a checkpoint is read.
 
-    run = run_lib.Run.open(workdir)
-    if not run.config.finetune.lora.rank:
+    if not config.finetune.lora.rank:
         return checkpoint.saved_params(step_dir)
+    run = run_lib.Run.open(workdir)
     model, _ = run.build()
     logging.info("Merging the LoRA adapters of %s into its base's kernels.", step_dir)
     return run.restore_params(model, step_dir)
@@ -470,7 +471,8 @@ def export_hf(source: str, out_dir: str) -> str:
     cfg = models.MODELS[config.model.family].make_config(config, tokenizer.vocab_size)
     # Hugging Face has one tensor per layer: a scanned run's stacks are unstacked first.
     cfg = dataclasses.replace(cfg, scan_layers=False)
-    state, arch = kind.params_to_hf(scan.unstack_layers(_saved_model(workdir, step_dir)), cfg)
+    params = scan.unstack_layers(_saved_model(workdir, step_dir, config))
+    state, arch = kind.params_to_hf(params, cfg)
     if kind is hf_bert:
         labels = int(state["classifier.bias"].shape[0]) if "classifier.bias" in state else 0
         hf = hf_bert.hf_config(cfg, arch, labels=labels, pad_id=tokenizer.pad_id)

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,14 +21,21 @@ from ptjax.train import parallel
 from ptjax.train.state import AdaptedState, TrainState
 
 
-def model_params(state: TrainState, par: parallel.Parallel) -> Any:
-    """The model's parameters as evals, samples and exports take them: a LoRA run's with the
-    adapters merged into the kernels (on the devices, where the state lives)."""
-    if not isinstance(state, AdaptedState):
-        return state.params
-    full = state.model_params(state.params)
-    kernels = par.apply(functools.partial(lora.merged_kernels, spec=state.spec), full)
-    return lora.merge(full, state.spec, kernels)
+def model_params_of(
+    par: parallel.Parallel, spec: lora.LoraSpec | None
+) -> Callable[[TrainState], Any]:
+    """state -> the model's parameters as evals and samples take them: a plain state's own, a
+    LoRA run's (`spec`) with the adapters merged into the kernels, on the devices where the
+    state lives, by one program compiled here once."""
+    if spec is None:
+        return lambda state: state.params
+    merged_kernels = par.compile(functools.partial(lora.merged_kernels, spec=spec))
+
+    def merged(state: AdaptedState) -> Any:
+        full = state.model_params(state.params)
+        return lora.merge(full, spec, merged_kernels(full))
+
+    return merged
 
 
 def eval_sums(p_eval_step: Any, params: Any, batches: Any) -> dict[str, np.ndarray]:

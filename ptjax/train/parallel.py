@@ -158,16 +158,22 @@ class Parallel:
             lambda x: next(s.data for s in x.addressable_shards if s.device == first)[0], tree
         )
 
-    def apply(self, fn: Callable, tree: Any) -> Any:
-        """`fn` of placed arrays (params as `place` lays them out), its results laid out as
-        the steps take them: per device under pmap; sharded by the rules on the mesh."""
+    def compile(self, fn: Callable) -> Callable:
+        """`fn` of placed arrays (params as `place` lays them out) as one compiled program
+        (build it once, call it often), its results laid out as the steps take them: per
+        device under pmap; sharded by the rules on the mesh."""
         fn = self._traced(fn)
         if self.mesh is None:
-            return jax.pmap(fn)(tree)
+            return jax.pmap(fn)
         from ptjax.train import sharding
 
-        out = sharding.tree_shardings(jax.eval_shape(fn, tree), self.mesh)
-        return jax.jit(fn, out_shardings=out)(tree)
+        mesh = self.mesh
+
+        def placed(tree: Any) -> Any:
+            out = fn(tree)
+            return jax.lax.with_sharding_constraint(out, sharding.tree_shardings(out, mesh))
+
+        return jax.jit(placed)
 
     def train_steps(self, step_fn: Callable, abstract_state: Any, **kwargs: Any) -> Callable:
         """The train step `step_fn` (state donated) taking k batches stacked as [local_devices,

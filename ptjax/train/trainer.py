@@ -485,6 +485,7 @@ def _train_and_evaluate(
         num_microbatches=config.num_microbatches,
     )
     p_eval_step = par.eval_step(steps.eval_step, model=model, task=task)
+    model_params_of = evals.model_params_of(par, lora_spec)
     state = par.place(state)
     best = None
     if config.best_metric:
@@ -580,12 +581,14 @@ def _train_and_evaluate(
             writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
             metrics_lib.log_progress(done, config.total_steps, summary, tps, eta)
             writer.flush()
+        model_params = None  # This step's, made once if an eval or a sample takes them.
         if done % config.eval_every_steps == 0 or last:
+            model_params = model_params_of(state)
             eval_metrics, details = evals.run_eval(
                 task,
                 model,
                 p_eval_step,
-                evals.model_params(state, par),
+                model_params,
                 config,
                 tokenizer,
                 data_kwargs,
@@ -611,7 +614,7 @@ def _train_and_evaluate(
                 if improved:
                     logging.info("New best %s=%.4f at step %d", best.metric, best.value, done)
         if generator is not None and (done % config.sample_every_steps == 0 or last):
-            params = evals.model_params(state, par)
+            params = model_params if model_params is not None else model_params_of(state)
             params = params if par.mesh is not None else par.local_copy(params)
             evals.write_samples(generator, params, config, writer, done)
         if done % config.checkpoint_every_steps == 0 or last or stopping:
