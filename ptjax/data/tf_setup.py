@@ -52,6 +52,43 @@ def _without_keras_eager_load() -> Iterator[None]:
             del sys.modules[_KERAS_EAGER_IMPORT]
 
 
+# What tensorboard.plugins.hparams.api imports only to subclass a Keras callback (so loading
+# Keras) when clu's TensorBoard writer imports it.
+_TENSORBOARD_KERAS = "tensorboard.plugins.hparams._keras"
+
+
+def import_metric_writers() -> types.ModuleType:
+    """`clu.metric_writers`, imported without Keras: TensorBoard's hparams API (which clu's
+    writer imports) defines a Keras callback at import time, loading Keras for 1.4 s in every
+    process that writes events (2026-12-04, 2-core VM); ptjax writes hyper-parameters through
+    that API and never uses the callback. In its place is one that says why it is missing."""
+    import_tf()
+    if _TENSORBOARD_KERAS not in sys.modules and "clu.metric_writers" not in sys.modules:
+        stub = types.ModuleType(_TENSORBOARD_KERAS)
+        stub.Callback = _KerasCallbackUnavailable
+        sys.modules[_TENSORBOARD_KERAS] = stub
+        try:
+            from clu import metric_writers
+        finally:
+            del sys.modules[_TENSORBOARD_KERAS]  # A later import of it gets the real one.
+        return metric_writers
+    from clu import metric_writers
+
+    return metric_writers
+
+
+class _KerasCallbackUnavailable:
+    """tensorboard.plugins.hparams.api.KerasCallback in a ptjax process (see
+    import_metric_writers)."""
+
+    def __init__(self, *args, **kwargs):
+        raise ImportError(
+            "tensorboard.plugins.hparams.api.KerasCallback is not loaded in ptjax processes "
+            "(it would load Keras at start-up); import tensorboard.plugins.hparams._keras "
+            "for it."
+        )
+
+
 def _import_triton_first() -> None:
     """Imports Triton (shipped with CUDA builds of PyTorch) before TensorFlow, when it is installed.
 

@@ -11,7 +11,10 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers
+
+from ptjax.data.tf_setup import import_metric_writers
+
+metric_writers = import_metric_writers()
 
 
 class NonFiniteLossError(FloatingPointError):
