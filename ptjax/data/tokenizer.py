@@ -25,7 +25,6 @@ tokenizer imported by `ptjax.interop` (`tokenizer/tokenizer.json`); `load_tokeni
 
 from __future__ import annotations
 
-import bisect
 import io
 import itertools
 import json
@@ -35,6 +34,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import sentencepiece as spm
 
 PAD_ID = 0
@@ -249,32 +249,34 @@ class Tokenizer:
 
         proto = sentencepiece_pb2.SentencePieceText()
         proto.ParseFromString(self._encoder(text).encode(text, out_type="serialized_proto"))
+        pieces = proto.pieces
+        ids = [piece.id for piece in pieces]
+        begins = np.fromiter((piece.begin for piece in pieces), np.int64, len(ids))  # Bytes of
+        ends = np.fromiter((piece.end for piece in pieces), np.int64, len(ids))  # the text.
         data = text.encode("utf-8")
-        if len(data) == len(text):  # ASCII: bytes are characters.
-            char_starts = None
-        else:  # Byte offset where each character starts, then the end of the text.
-            char_starts = list(
-                itertools.accumulate((len(ch.encode("utf-8")) for ch in text), initial=0)
-            )
-        ids, spans = [], []
-        for piece in proto.pieces:
-            begin, end = piece.begin, piece.end  # Bytes of the original text.
-            if char_starts is not None:
-                begin = bisect.bisect_right(char_starts, begin) - 1  # Round down to a character.
-                end = bisect.bisect_left(char_starts, end)  # Round up to a character's end.
-            ids.append(piece.id)
-            spans.append((begin, end))
+        if len(data) != len(text):  # Not ASCII: bytes to characters.
+            # Byte offset where each character starts (no UTF-8 continuation byte), then the end.
+            raw = np.frombuffer(data, np.uint8)
+            char_starts = np.append(np.flatnonzero((raw & 0xC0) != 0x80), len(data))
+            begins = np.searchsorted(char_starts, begins, "right") - 1  # Round down to a char.
+            ends = np.searchsorted(char_starts, ends, "left")  # Round up to a character's end.
+        spans = list(zip(begins.tolist(), ends.tolist(), strict=True))
         # SentencePiece gives the first bytes of a byte-fallback character empty spans and the
         # last one the whole character; give each byte piece the character's span.
         for i in range(len(ids) - 2, -1, -1):
             start, end = spans[i]
-            next_byte = self._sp.is_byte(ids[i + 1]) and spans[i + 1][0] == start
-            if start == end and self._sp.is_byte(ids[i]) and next_byte:
+            if (
+                start == end
+                and spans[i + 1][0] == start
+                and self._sp.is_byte(ids[i])
+                and self._sp.is_byte(ids[i + 1])
+            ):
                 spans[i] = spans[i + 1]
         for i, (start, end) in enumerate(spans):
-            stripped = text[start:end].strip()
-            if stripped:  # Leave out the whitespace a piece carries around its word.
-                new_start = start + text[start:end].index(stripped)
+            piece_text = text[start:end]
+            stripped = piece_text.strip()
+            if stripped and len(stripped) != len(piece_text):  # Leave out the whitespace a
+                new_start = start + piece_text.index(stripped)  # piece carries by its word.
                 spans[i] = (new_start, new_start + len(stripped))
         return ids, spans
 
