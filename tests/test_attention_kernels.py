@@ -9,6 +9,7 @@ key to see. The Pallas TPU kernels run on the CPU interpreted; cuDNN runs where 
 from __future__ import annotations
 
 import contextlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -254,6 +255,33 @@ def test_cudnn_matches_xla(name):
         np.testing.assert_allclose(
             np.asarray(got, np.float32), want, atol=3e-2 * np.abs(want).max()
         )
+
+
+@pytest.mark.parametrize(
+    "name", ["causal packed", "bidirectional padded", "causal left-padded", "cross packed"]
+)
+def test_cudnn_takes_every_mask_when_lowered_for_cuda(name, monkeypatch):
+    """The cuDNN call (forward and gradients) lowered for CUDA on this CPU, with what only a GPU
+    has stood in for (cuDNN's version and the compute capability): jax's cuDNN wrapper checks
+    the mask's shape before it lowers. BERT's padding mask, [batch, 1, 1, kv_len], failed every
+    step on an H200 (2026-12-04) while the test above skipped here."""
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+
+    monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda: 91000)
+    monkeypatch.setattr(cudnn_attention, "check_compute_capability", lambda c: True)
+    monkeypatch.setattr(cudnn_attention, "is_cuda_compute_capability_equal", lambda c: False)
+    batch, q_len, kv_len, dtype = 2, 128, 256 if name.startswith("cross") else 128, jnp.bfloat16
+    mask = case(name, batch, q_len, kv_len)
+    q, k, v, _, cot = inputs(batch, q_len, kv_len, dtype, bias=False)
+
+    def loss(q, k, v):
+        out = attend(attention.Choice(attention.CUDNN), q, k, v, None, mask, dtype)
+        return jnp.sum(out.astype(jnp.float32) * cot)
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, v)
+    text = text.lower(lowering_platforms=("cuda",)).as_text()
+    calls = set(re.findall(r"__cudnn\$\w+", text))
+    assert calls == {"__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward"}
 
 
 def test_resolve_per_platform():

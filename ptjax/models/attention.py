@@ -70,7 +70,8 @@ class Mask:
         return self.q_segments is not None and self.kv_segments is not None
 
     def dense(self, q_len: int, kv_len: int) -> Array | None:
-        """[batch or 1, 1, q_len, kv_len] bool, or None when every key is allowed."""
+        """[batch or 1, 1, q_len or 1, kv_len] bool (the query axis 1 when only padding keys
+        are masked), or None when every key is allowed."""
         parts = []
         if self.causal:
             parts.append((jnp.arange(q_len)[:, None] >= jnp.arange(kv_len)[None, :])[None, None])
@@ -251,13 +252,18 @@ def _cudnn(query, key, value, mask: Mask, bias, *, scale: float, dtype: Any, whe
         return None
     # Causality by flag; segments and padding keys as a mask, which cuDNN applies as a bias
     # (exact for packed rows, never dropped).
+    # cuDNN takes a mask (as a bias) only with both sequence axes whole: BERT's padding mask,
+    # [batch, 1, 1, kv_len], failed every step on an H200 (2026-12-04) until broadcast.
     rest = Mask(mask.q_segments, mask.kv_segments, mask.kv_valid, causal=False)
+    dense = rest.dense(query.shape[1], key.shape[1])
+    if dense is not None:
+        dense = jnp.broadcast_to(dense, (*dense.shape[:2], query.shape[1], key.shape[1]))
     out = jax.nn.dot_product_attention(
         query,
         key,
         value,
         bias=None if bias is None else bias.astype(query.dtype),
-        mask=rest.dense(query.shape[1], key.shape[1]),
+        mask=dense,
         scale=scale,
         is_causal=mask.causal,
         implementation="cudnn",
