@@ -63,18 +63,25 @@ def import_metric_writers() -> types.ModuleType:
     process that writes events (2026-12-04, 2-core VM); ptjax writes hyper-parameters through
     that API and never uses the callback. In its place is one that says why it is missing."""
     import_tf()
-    if _TENSORBOARD_KERAS not in sys.modules and "clu.metric_writers" not in sys.modules:
+    with _without_tensorboard_keras():
+        from clu import metric_writers
+    return metric_writers
+
+
+@contextlib.contextmanager
+def _without_tensorboard_keras() -> Iterator[None]:
+    """A stand-in for TensorBoard's Keras callback module while clu is first imported; a later
+    import of that module gets the real one."""
+    blocked = _TENSORBOARD_KERAS not in sys.modules and "clu.metric_writers" not in sys.modules
+    if blocked:
         stub = types.ModuleType(_TENSORBOARD_KERAS)
         stub.Callback = _KerasCallbackUnavailable
         sys.modules[_TENSORBOARD_KERAS] = stub
-        try:
-            from clu import metric_writers
-        finally:
-            del sys.modules[_TENSORBOARD_KERAS]  # A later import of it gets the real one.
-        return metric_writers
-    from clu import metric_writers
-
-    return metric_writers
+    try:
+        yield
+    finally:
+        if blocked:
+            del sys.modules[_TENSORBOARD_KERAS]
 
 
 class _KerasCallbackUnavailable:
