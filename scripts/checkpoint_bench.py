@@ -81,15 +81,16 @@ def main(argv):
     # Checked before the processes join (a barrier): none has written there yet.
     if os.path.exists(FLAGS.dir) and os.listdir(FLAGS.dir):
         raise app.UsageError(f"--dir={FLAGS.dir} is not empty.")
-    runtime.initialize()
-    import jax
-    import numpy as np
-    from jax.experimental import multihost_utils
+    with runtime.start_up():
+        runtime.initialize()
+        import jax
+        import numpy as np
+        from jax.experimental import multihost_utils
 
-    from ptjax import models
-    from ptjax.train import optim, parallel
-    from ptjax.train.checkpoint import Checkpointer
-    from ptjax.train.state import init_params, init_state
+        from ptjax import models
+        from ptjax.train import optim, parallel
+        from ptjax.train.checkpoint import Checkpointer
+        from ptjax.train.state import init_params, init_state
 
     config = FLAGS.config
     model, _ = models.build(config, FLAGS.vocab_size)

@@ -28,8 +28,9 @@ flags.DEFINE_bool("export", False, "Write --workdir's checkpoint into --hf_dir i
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize()
-    from ptjax.interop import export_hf, import_hf
+    with runtime.start_up():
+        runtime.initialize()
+        from ptjax.interop import export_hf, import_hf
 
     try:
         if FLAGS.export:

@@ -53,14 +53,16 @@ def write_npy(path: str, array) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize(runtime.run_workload(FLAGS.workdir))
-    from ptjax.text_embedder import TextEmbedder
-    from ptjax.train import trainer
+    if os.path.exists(FLAGS.output):  # Said before JAX and TensorFlow start.
+        logging.error("FileExistsError: --output=%r exists; choose a new file.", FLAGS.output)
+        sys.exit(2)
+    with runtime.start_up():
+        runtime.initialize(runtime.run_workload(FLAGS.workdir))
+        from ptjax.text_embedder import TextEmbedder
+        from ptjax.train import trainer
 
     normalize = None if FLAGS.normalize == "auto" else FLAGS.normalize == "true"
     try:
-        if os.path.exists(FLAGS.output):
-            raise FileExistsError(f"--output={FLAGS.output!r} exists; choose a new file.")
         texts = read_texts(FLAGS.input)
         embedder = TextEmbedder.from_workdir(
             FLAGS.workdir,

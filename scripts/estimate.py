@@ -31,8 +31,9 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize()
-    from ptjax.train import estimate  # After runtime.initialize(), as scripts/train.py.
+    with runtime.start_up():
+        runtime.initialize()
+        from ptjax.train import estimate  # After runtime.initialize(), as scripts/train.py.
 
     config = FLAGS.config
     try:

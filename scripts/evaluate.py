@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+from ptjax import config as config_lib
 from ptjax import runtime
 
 FLAGS = flags.FLAGS
@@ -26,8 +27,14 @@ flags.DEFINE_bool("write", True, "Save the metrics under WORKDIR/results/.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize(runtime.run_workload(FLAGS.workdir))  # bf16 runs keep YNNPACK.
-    from ptjax.train import evaluator, trainer
+    try:  # A directory that holds no run is named before JAX and TensorFlow start.
+        config_lib.load_run_config(FLAGS.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    with runtime.start_up():
+        runtime.initialize(runtime.run_workload(FLAGS.workdir))  # bf16 runs keep YNNPACK.
+        from ptjax.train import evaluator, trainer
 
     try:
         result = evaluator.evaluate_checkpoint(

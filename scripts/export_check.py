@@ -125,7 +125,10 @@ def exported_modules(
 
 def main(argv: list[str]) -> int:
     from ptjax import runtime
-    from ptjax.models import attention
+
+    with runtime.start_up():  # What exported_modules imports too, with the GC paused.
+        import ptjax.train.estimate  # noqa: F401
+        from ptjax.models import attention
 
     options = {
         "kernels": "auto",

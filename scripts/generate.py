@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
+from ptjax import config as config_lib
 from ptjax import runtime
 
 FLAGS = flags.FLAGS
@@ -44,11 +45,17 @@ def read_prompts() -> list[str]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize(workload="decode")  # XLA:CPU tuned for small per-token matmuls.
-    from ptjax.run import Run
-    from ptjax.train import trainer
-
     prompts = read_prompts()
+    try:  # A directory that holds no run is named before JAX and TensorFlow start.
+        config_lib.load_run_config(FLAGS.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        logging.error("%s: %s", type(e).__name__, e)
+        sys.exit(2)
+    with runtime.start_up():
+        runtime.initialize(workload="decode")  # XLA:CPU tuned for small per-token matmuls.
+        from ptjax.run import Run
+        from ptjax.train import trainer
+
     try:
         generator = Run.open(FLAGS.workdir).generator(FLAGS.checkpoint)
         completions = []

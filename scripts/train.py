@@ -23,8 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.initialize(runtime.workload_for("train", FLAGS.config.model.dtype))
-    from ptjax.train import trainer  # After runtime.initialize(): TF must not see accelerators.
+    with runtime.start_up():
+        runtime.initialize(runtime.workload_for("train", FLAGS.config.model.dtype))
+        from ptjax.train import trainer  # After initialize(): TF must not see accelerators.
 
     try:
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

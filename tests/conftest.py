@@ -55,6 +55,16 @@ FIRST_MODULES = (
 )
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session):
+    """Test modules import TensorFlow, JAX, torch and transformers: with the GC paused, and
+    frozen afterwards, as ptjax's entry points start (runtime.start_up)."""
+    from ptjax import runtime
+
+    with runtime.start_up():
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:

@@ -7,6 +7,7 @@ start whose peers never come fails with a RuntimeError at PTJAX_INIT_TIMEOUT. Me
 checked on the 8 fake devices, and DCN layouts on stand-in devices of two processes.
 """
 
+import gc
 import json
 import os
 import socket
@@ -35,6 +36,23 @@ SLURM = {
     "SLURM_LOCALID": "1",
 }
 EXPLICIT = {"PTJAX_COORDINATOR": "10.0.0.1:1234", "PTJAX_NUM_PROCESSES": "4"}
+
+
+def test_start_up_pauses_the_collector_then_freezes_what_was_made():
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    with pytest.raises(ImportError), runtime.start_up():
+        assert not gc.isenabled()
+        made = [[] for _ in range(1000)]
+        raise ImportError("an import that fails still ends the start-up")
+    assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(made)
+    gc.disable()  # A caller that had paused the collector finds it still paused.
+    try:
+        with runtime.start_up():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize(

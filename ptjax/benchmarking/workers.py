@@ -60,10 +60,9 @@ def serve(side_name: str, opts: Options) -> None:
         if side_name == "hf" and opts.model != "gpt":
             baseline = f"hf-{opts.model}"
         side_class = SIDES[(opts.what, baseline)]
-        if side_name == "ptjax":
-            side = side_class(opts)
-        else:
-            side = side_class(opts, len(cpus), json.loads(sys.stdin.readline()))
+        setup = None if side_name == "ptjax" else json.loads(sys.stdin.readline())
+        with runtime.start_up():  # Both sides import their libraries with the GC paused.
+            side = side_class(opts) if setup is None else side_class(opts, len(cpus), setup)
         per_call = getattr(side, "steps_per_call", 1)  # ptjax: --steps_per_execution.
         start = time.perf_counter()
         side.step(0)
