@@ -63,6 +63,7 @@ class Run:
         overrides = {
             "dataset.data_dir": data_dir,
             "tokenizer.path": tokenizer_file,
+            "model.num_layers": 1,  # As test_train_e2e.tiny_config.
             "seq_len": 32,
             "per_device_batch_size": 4,
             "total_steps": TOTAL,

@@ -28,10 +28,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir, tokenizer_file, **changes):
-    """The tiny 12-step run of test_train_e2e: eval at 6 and 12."""
+    """The tiny 12-step run of test_train_e2e (one block): eval at 6 and 12."""
     config = gpt_config("tiny")
     config.dataset.data_dir = data_dir
     config.tokenizer.path = tokenizer_file
+    config.model.num_layers = 1
     config.seq_len = 32
     config.per_device_batch_size = 1
     config.total_steps = 12

@@ -208,7 +208,12 @@ def test_a_run_resumes_scanned_and_exports(tmp_path, data_dir, tokenizer_file):
         total_steps=2,
         checkpoint_every_steps=1,
         sample_every_steps=0,
-        **{"optimizer.warmup_steps": 1, "dataset.max_eval_batches": 1, "model.d_model": 32},
+        **{
+            "optimizer.warmup_steps": 1,
+            "dataset.max_eval_batches": 1,
+            "model.d_model": 32,
+            "model.num_layers": 2,  # A stack to scan.
+        },
     )
     workdir = str(tmp_path / "run")
     trainer.train_and_evaluate(config, workdir, stop_after_steps=1)

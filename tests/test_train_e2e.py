@@ -23,6 +23,9 @@ def tiny_config(data_dir, tokenizer_file, **changes):
     config = gpt_config("tiny")
     config.dataset.data_dir = data_dir
     config.tokenizer.path = tokenizer_file
+    # One block: these runs test the trainer, not depth (test_models, test_scan do), and each
+    # block adds about a seventh to a tiny run's compile and CPU time.
+    config.model.num_layers = 1
     config.seq_len = 32
     config.per_device_batch_size = 1  # x 8 fake devices.
     config.total_steps = 12
@@ -255,7 +258,7 @@ def _abstract_params(workdir):
     from ptjax import models
 
     config = gpt_config("tiny")
-    config.seq_len = 32
+    config.seq_len, config.model.num_layers = 32, 1  # tiny_config's.
     model, _ = models.build(config, vocab_size=512)
     return jax.eval_shape(lambda: trainer.init_params(config, model, jax.random.PRNGKey(0)))
 
