@@ -1,10 +1,11 @@
 """Multi-host for real: 2 local CPU processes x 4 fake devices against 1 process x 8 devices.
 
-Each run is the real trainer (`trainer.train_and_evaluate`) on the tiny GPT, dropout on, in its
-own process; two-process runs join with `jax.distributed` (coordinator on 127.0.0.1, gloo
-collectives). Their per-step train losses, read back from TensorBoard, must equal the
-one-process run's, in pmap and in mesh mode (an FSDP mesh, (1, 8, 1)), and a two-process run
-stopped after 3 steps must resume in one process and go on with the uninterrupted run's losses.
+Each run is the real trainer (`trainer.train_and_evaluate`) on the tiny GPT, dropout on; the
+two processes of a run are processes of their own and join with `jax.distributed` (coordinator
+on 127.0.0.1, gloo collectives), the one-process runs are made in the test's process. Their
+per-step train losses, read back from TensorBoard, must equal the one-process run's, in pmap
+and in mesh mode (an FSDP mesh, (1, 8, 1)), and a two-process run stopped after 3 steps must
+resume in one process and go on with the uninterrupted run's losses.
 Its sharded checkpoint (each process wrote its own shards) restores bit for bit into the one
 process's mesh and, from copies, into a (8, 1, 1) and a (2, 2, 2) mesh of two processes, and
 those runs go on with the same losses.
@@ -233,6 +234,25 @@ class Run:
         return read_scalars(self.workdir)["train/loss"]
 
 
+class RunHere:
+    """A 1 x 8 run in this process (the pytest worker's 8 fake devices and XLA flags, as the
+    children's): made when it is waited for, by `finish`, while the started processes run."""
+
+    def __init__(self, workdir, mode, data_dir, tokenizer_file, changes=None, write_restored=False):
+        self.workdir, self.logs = workdir, []
+        changes = {**config_changes(mode), **(changes or {})}
+        self._config = e2e.tiny_config(data_dir, tokenizer_file, **changes)
+        self._write_restored = write_restored
+
+    def finish(self):
+        from ptjax.train import trainer
+
+        if self._write_restored:
+            write_restored_params(self._config, self.workdir, f"{self.workdir}.restored.npz")
+        trainer.train_and_evaluate(self._config, self.workdir)
+        return read_scalars(self.workdir)["train/loss"]
+
+
 def events_files(workdir):
     return [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
 
@@ -254,14 +274,16 @@ def runs(tmp_path_factory, data_dir, tokenizer_file):
         path = str(root / workdir)
         restored = changes is not None
         changes = {**({} if samples else {"sample_every_steps": 0}), **(changes or {})}
+        if processes == 1:  # The reference layout needs no process of its own.
+            return RunHere(path, mode, data_dir, tokenizer_file, changes, restored)
         return Run(path, processes, mode, data_dir, tokenizer_file, stop_after, changes, restored)
 
-    # All four started together; the shorter 2-process runs are waited for first.
+    # The 2-process runs started first; the 1-process runs are made here meanwhile.
     first = {
         f"{mode} 2x4": run(mode, 2, f"{mode}_2_then_1", STOP, samples=True)
         for mode in ("pmap", "mesh")
     }
-    first.update({f"{mode} 1x8": run(mode, 1, mode) for mode in ("pmap", "mesh")})
+    first = {**{f"{mode} 1x8": run(mode, 1, mode) for mode in ("pmap", "mesh")}, **first}
     out, events, resumed, logs = {}, {}, {}, {}
     for name, started in first.items():
         out[name] = started.finish()
