@@ -49,6 +49,7 @@ def data_dir(tmp_path_factory):
 def _small(config, data_dir):
     config.dataset.data_dir = data_dir
     config.model.size = "tiny"
+    config.model.num_layers = 1  # One block: the runs test tasks and the trainer, not depth.
     config.seq_len = 32
     config.per_device_batch_size = 1  # x 8 fake devices.
     config.optimizer.warmup_steps = 1
@@ -121,7 +122,7 @@ def test_fine_tune_restores_the_encoder_keeps_a_fresh_head_and_evaluates(
     )
 
     # Another named size: the shape comes from the source run's config.json, as listed.
-    config.model.size = "small"
+    config.model.size, config.model.num_layers = "small", 0  # 0: the size's.
     with captured_logs() as logs:
         result = trainer.train_and_evaluate(config, workdir)
     assert result["step"] == 6
@@ -129,13 +130,13 @@ def test_fine_tune_restores_the_encoder_keeps_a_fresh_head_and_evaluates(
     saved = load_run_config(workdir).model
     assert (saved.size, saved.num_layers, saved.d_model, saved.num_heads, saved.d_ff) == (
         "small",
-        2,
+        1,
         128,
         2,
         512,
     )
     assert saved.vocab_size == 400 and saved.max_len == 0  # small's 512 positions, as tiny's.
-    taken = "model.num_layers=2, model.d_model=128, model.num_heads=2, model.d_ff=512"
+    taken = "model.num_layers=1, model.d_model=128, model.num_heads=2, model.d_ff=512"
     assert any(taken in line and source in line for line in logs), logs
     # The source run's tokenizer came along.
     assert os.path.exists(os.path.join(workdir, "tokenizer", "spm.model"))
@@ -280,6 +281,7 @@ def test_qa_head_learns_the_generated_set(pretrained, data_dir, tmp_path):
 
     def config(steps):
         c = _small(bert_qa_config("tiny"), data_dir)
+        c.model.num_layers = 2  # Finding the word after the asked one takes two.
         c.dataset.name = "qa_files"
         c.dataset.train_files = c.dataset.eval_files = str(path)
         c.tokenizer.path = os.path.join(source, "tokenizer", "spm.model")
