@@ -419,6 +419,7 @@ def test_a_llama_run_trains_samples_resumes_and_generates(tmp_path, data_dir, to
     config.dataset.data_dir = data_dir
     config.tokenizer.path = tokenizer_file
     config.seq_len, config.per_device_batch_size = 32, 1
+    config.model.num_layers = 1  # The trainer and the reopened run under test, not depth.
     config.total_steps, config.log_every_steps, config.optimizer.warmup_steps = 6, 1, 2
     config.eval_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 3
     config.dataset.max_eval_batches = 1
