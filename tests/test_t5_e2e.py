@@ -21,6 +21,7 @@ def data_dir(tmp_path_factory):
 
 def _small(config, data_dir, steps=4):
     config.dataset.data_dir = data_dir
+    config.model.num_layers = 1  # One encoder and one decoder block: tasks under test, not depth.
     config.seq_len = 32
     config.per_device_batch_size = 1  # x 8 fake devices.
     config.total_steps = config.eval_every_steps = config.checkpoint_every_steps = steps
