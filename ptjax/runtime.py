@@ -103,7 +103,7 @@ def workload_for(what: str, dtype: str = "float32") -> str:
 
 def run_workload(workdir: str) -> str:
     """workload_for('train', ...) of the run in `workdir`, from its config.json's model.dtype
-    (for entry points that reopen a run, such as scripts/evaluate.py); 'train' where that file
+    (for entry points that reopen a run, such as scripts/embed.py); 'train' where that file
     cannot be read, which the entry point then reports itself."""
     try:
         with open(os.path.join(workdir, "config.json")) as f:

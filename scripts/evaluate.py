@@ -28,12 +28,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:  # A directory that holds no run is named before JAX and TensorFlow start.
-        config_lib.load_run_config(FLAGS.workdir)
+        dtype = config_lib.load_run_config(FLAGS.workdir).model.dtype
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     with runtime.start_up():
-        runtime.initialize(runtime.run_workload(FLAGS.workdir))  # bf16 runs keep YNNPACK.
+        runtime.initialize(runtime.workload_for("train", dtype))  # bf16 runs keep YNNPACK.
         from ptjax.train import evaluator, trainer
 
     try:

@@ -132,12 +132,12 @@ def worker(index, count, port, workdir, data_dir, tokenizer_file, changes, stop_
 
     from ptjax import runtime
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(relativeCreated)6.0fms %(message)s", force=True
+    )
     with runtime.start_up():  # As scripts/train.py.
         import jax
 
-        logging.basicConfig(
-            level=logging.INFO, format="%(relativeCreated)6.0fms %(message)s", force=True
-        )
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         if count > 1:
             jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=count, process_id=index)
